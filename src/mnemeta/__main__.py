@@ -1,0 +1,5 @@
+import sys
+
+from mnemeta.cli import main
+
+sys.exit(main())

@@ -1,0 +1,36 @@
+"""What every meta-learner in mnemeta offers: a loss to meta-train on, and ``adapt``.
+
+A *protocol*, not a base class: a meta-learner is any ``nn.Module`` with these two methods.
+Hyper-parameters are set in ``__init__``; ``adapt`` never changes the meta-parameters (the
+contract suite in ``tests/algorithms/test_contract.py`` checks this for every learner).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
+
+from torch import Tensor
+
+from mnemeta.episode import EpisodeBatch, Support
+
+#: Maps query inputs ``(tasks, n_query, *input_shape)`` to logits ``(tasks, n_query, n_way)``.
+Predictor = Callable[[Tensor], Tensor]
+
+
+@runtime_checkable
+class MetaLearner(Protocol):
+    def meta_loss(self, batch: EpisodeBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        """Mean query loss over the tasks of ``batch`` (differentiable w.r.t. the
+        meta-parameters) and detached metrics, at least ``"loss"`` and, for classification,
+        ``"accuracy"``."""
+        ...
+
+    def adapt(self, support: Support) -> Predictor:
+        """Learn the tasks of ``support``; return a predictor for their queries."""
+        ...
+
+
+def accuracy(logits: Tensor, labels: Tensor) -> Tensor:
+    """Fraction of correct argmax predictions per task: ``(tasks, Q, n_way)`` -> ``(tasks,)``."""
+    return (logits.argmax(dim=-1) == labels).float().mean(dim=-1)

@@ -1,0 +1,154 @@
+"""N-way K-shot episodes drawn from a :class:`ClassImages` by tensor indexing.
+
+The whole dataset is one uint8 tensor on the target device; an episode is two index draws
+(which classes, which drawings of each) and one gather. Index draws happen on the CPU with the
+sampler's own ``torch.Generator``, so that
+
+* a seed gives the same episodes on every device (CPU and CUDA generators differ), and
+* the sampler's state is one small tensor that a checkpoint saves and ``--resume`` restores.
+
+The indices are tiny; only they cross to the device, never the pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+from mnemeta.data.classes import ClassImages
+from mnemeta.episode import EpisodeBatch
+from mnemeta.errors import MnemetaError
+
+_CHUNK = 100  # episodes per generator in fixed_episodes
+
+
+class EpisodeSampler:
+    """Draw batches of N-way K-shot Q-query episodes.
+
+    Args:
+        data: the classes to draw from (one split). Moved once to ``device``.
+        ways: classes per episode (N).
+        shots: support examples per class (K).
+        queries: query examples per class (Q).
+        seed: seeds the sampler's own generator; the global RNG is never touched.
+        device: where episodes are produced; the images are moved there once.
+        split: the split's name, for error messages.
+
+    Labels of an episode are ``0..N-1`` in the order the classes were drawn, which is random, so
+    a class has no fixed label across episodes.
+    """
+
+    def __init__(
+        self,
+        data: ClassImages,
+        *,
+        ways: int,
+        shots: int,
+        queries: int,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        split: str = "",
+    ) -> None:
+        check_episode_shape(data, ways=ways, shots=shots, queries=queries, split=split)
+        self.data = data.to(device)
+        self.ways, self.shots, self.queries = ways, shots, queries
+        self.device = torch.device(device)
+        self.generator = torch.Generator().manual_seed(seed)
+        self._counts_cpu = data.counts.cpu()
+
+    def sample(self, n_tasks: int = 1) -> EpisodeBatch:
+        """A batch of ``n_tasks`` episodes; images as float in ``[0, 1]`` on the device."""
+        classes, drawings = self._draw_indices(n_tasks, self.generator)
+        return self._gather(classes, drawings)
+
+    def fixed_episodes(
+        self, n_episodes: int, *, seed: int, batch_size: int = 100
+    ) -> Iterator[EpisodeBatch]:
+        """The same ``n_episodes`` episodes every time for a given seed, in batches.
+
+        Used for evaluation, so that two checkpoints are compared on identical episodes. A
+        private generator is used: drawing them does not move the training stream.
+        """
+        # Indices are drawn in fixed chunks with their own generators, so the episodes do not
+        # depend on batch_size (a GPU and a laptop may batch differently yet score the same).
+        chunks = [
+            self._draw_indices(
+                min(_CHUNK, n_episodes - start),
+                torch.Generator().manual_seed(seed * 1_000_003 + start),
+            )
+            for start in range(0, n_episodes, _CHUNK)
+        ]
+        classes = torch.cat([c for c, _ in chunks])
+        drawings = torch.cat([d for _, d in chunks])
+        for start in range(0, n_episodes, batch_size):
+            stop = start + batch_size
+            yield self._gather(classes[start:stop], drawings[start:stop])
+
+    def get_state(self) -> Tensor:
+        return self.generator.get_state()
+
+    def set_state(self, state: Tensor) -> None:
+        self.generator.set_state(state)
+
+    def _draw_indices(self, n_tasks: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        n_classes, per_class = self.data.images.shape[:2]
+        # N distinct classes per episode: the N smallest of uniform keys is a uniform draw
+        # without replacement, and topk is O(classes) where argsort would be O(c log c).
+        keys = torch.rand(n_tasks, n_classes, generator=generator)
+        classes = keys.topk(self.ways, dim=1, largest=False).indices  # (T, N)
+        # K + Q distinct drawings per class, ignoring padding rows of smaller classes.
+        draw_keys = torch.rand(n_tasks, self.ways, per_class, generator=generator)
+        padding = torch.arange(per_class) >= self._counts_cpu[classes].unsqueeze(-1)
+        draw_keys.masked_fill_(padding, 2.0)
+        drawings = draw_keys.topk(self.shots + self.queries, dim=2, largest=False).indices
+        return classes, drawings  # (T, N), (T, N, K + Q)
+
+    def _gather(self, classes: Tensor, drawings: Tensor) -> EpisodeBatch:
+        t, n, k, q = classes.shape[0], self.ways, self.shots, self.queries
+        classes = classes.to(self.device, non_blocking=True).unsqueeze(-1)
+        drawings = drawings.to(self.device, non_blocking=True)
+        shape = self.data.images.shape[2:]
+        # Gather support and query straight into their final layout (no copy of a slice), then
+        # convert uint8 -> float in place of a second pass: on a CPU the sampler is bound by
+        # memory bandwidth, and the float tensor is 4x the bytes of the gathered pixels.
+        support = self.data.images[classes, drawings[..., :k]].reshape(t, n * k, *shape)
+        query = self.data.images[classes, drawings[..., k:]].reshape(t, n * q, *shape)
+        labels = torch.arange(n, device=self.device).unsqueeze(-1)
+        return EpisodeBatch(
+            support_x=_to_unit_float(support),
+            support_y=labels.expand(n, k).reshape(1, n * k).expand(t, -1),
+            query_x=_to_unit_float(query),
+            query_y=labels.expand(n, q).reshape(1, n * q).expand(t, -1),
+            n_way=n,
+        )
+
+
+def _to_unit_float(pixels: Tensor) -> Tensor:
+    """uint8 ``[0, 255]`` -> float32 ``[0, 1]``."""
+    return pixels.to(torch.float32).mul_(1.0 / 255.0)
+
+
+def check_episode_shape(
+    data: ClassImages, *, ways: int, shots: int, queries: int, split: str = ""
+) -> None:
+    """Raise a :class:`MnemetaError` if ``data`` cannot give N-way K-shot Q-query episodes."""
+    where = f"split {split!r}" if split else "this split"
+    if ways < 1 or shots < 1 or queries < 0:
+        raise MnemetaError(
+            f"episodes need ways >= 1, shots >= 1 and queries >= 0; got ways={ways}, "
+            f"shots={shots}, queries={queries}"
+        )
+    if ways > data.n_classes:
+        raise MnemetaError(
+            f"{ways}-way episodes need {ways} classes but {where} has only {data.n_classes}; "
+            "lower the ways or use a larger split"
+        )
+    if shots + queries > data.min_count:
+        raise MnemetaError(
+            f"shots + queries = {shots} + {queries} = {shots + queries} but some classes of "
+            f"{where} have "
+            f"only {data.min_count} examples; lower shots or queries to at most "
+            f"{data.min_count} together"
+        )

@@ -1,0 +1,123 @@
+"""Backbones written so that ``torch.func.functional_call`` can run them and vmap over tasks.
+
+Plain ``nn.Module`` trees with no hidden state besides optional BN running statistics; batch
+norm is :class:`mnemeta.nn.BatchNorm` (primitive ops, right second-order gradients under vmap).
+Generic builders take every size as an argument; presets in the configs name the sizes a paper
+used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import pairwise
+
+import torch
+from torch import Tensor, nn
+
+from mnemeta.nn.batchnorm import BatchNorm
+
+
+class ConvBlock(nn.Module):
+    """conv3x3 (padding 1) -> BatchNorm -> ReLU -> max-pool 2: one block of Conv-4."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, *, track_running_stats: bool, primitive_bn: bool
+    ) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
+        self.norm = BatchNorm(
+            out_channels, track_running_stats=track_running_stats, primitive=primitive_bn
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return nn.functional.max_pool2d(torch.relu(self.norm(self.conv(x))), 2)
+
+
+class Conv4(nn.Module):
+    """The standard few-shot backbone (Vinyals et al. 2016; Snell et al. 2017; Finn et al. 2017).
+
+    Four :class:`ConvBlock` s of ``hidden`` channels. Input ``(N, C, H, W)``; output
+    ``(N, hidden * (H // 16) * (W // 16))`` — 64 features for 28×28 Omniglot with hidden=64,
+    1600 for 84×84 miniImageNet.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        hidden: int = 64,
+        *,
+        depth: int = 4,
+        track_running_stats: bool = True,
+        primitive_bn: bool = True,
+        channels_last: bool = True,
+    ) -> None:
+        super().__init__()
+        widths = [in_channels] + [hidden] * depth
+        self.blocks = nn.Sequential(
+            *(
+                ConvBlock(a, b, track_running_stats=track_running_stats, primitive_bn=primitive_bn)
+                for a, b in pairwise(widths)
+            )
+        )
+        # channels_last (weights and inputs) makes oneDNN's CPU convolutions ~1.4x faster here
+        # (measured on the 2-core CI machine, 360 28x28 images, forward + backward).
+        self.channels_last = channels_last
+        if channels_last:
+            self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.blocks(x).flatten(1)
+
+
+class MLP(nn.Module):
+    """Fully connected ReLU network ``in -> hidden... -> out`` (Finn et al.: 1-40-40-1).
+
+    Input ``(N, in_features)`` -> ``(N, out_features)``. With ``batch_norm`` each hidden layer is
+    followed by :class:`BatchNorm` before its ReLU.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden: Sequence[int],
+        out_features: int,
+        *,
+        batch_norm: bool = False,
+        track_running_stats: bool = True,
+        primitive_bn: bool = True,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        widths = [in_features, *hidden]
+        for a, b in pairwise(widths):
+            layers.append(nn.Linear(a, b))
+            if batch_norm:
+                layers.append(
+                    BatchNorm(b, track_running_stats=track_running_stats, primitive=primitive_bn)
+                )
+            layers.append(nn.ReLU())
+        layers.append(nn.Linear(widths[-1], out_features))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers(x.flatten(1))
+
+
+def conv4(
+    in_channels: int = 1,
+    hidden: int = 64,
+    *,
+    track_running_stats: bool = True,
+    primitive_bn: bool = True,
+) -> Conv4:
+    """Conv-4 with ``hidden`` channels per block (see :class:`Conv4`)."""
+    return Conv4(
+        in_channels, hidden, track_running_stats=track_running_stats, primitive_bn=primitive_bn
+    )
+
+
+def mlp(in_features: int, hidden: Sequence[int] = (40, 40), out_features: int = 1) -> MLP:
+    """An MLP; the default is Finn et al.'s sinusoid regressor 1-40-40-1."""
+    return MLP(in_features, hidden, out_features)

@@ -1,0 +1,1 @@
+"""The visible loops: meta-training and evaluation, and the builders they use."""

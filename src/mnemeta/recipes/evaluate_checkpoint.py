@@ -1,0 +1,90 @@
+"""Evaluate a saved checkpoint: rebuild its learner from its own config, load, score."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mnemeta.checkpoint import atomic_write_text, checkpoint_config, load_checkpoint
+from mnemeta.config import config_from_dict
+from mnemeta.data.sampler import EpisodeSampler
+from mnemeta.errors import MnemetaError
+from mnemeta.recipes.build import build_learner, build_splits, pick_device
+from mnemeta.recipes.evaluate import EvalResult, evaluate
+
+
+def evaluate_checkpoint(
+    path: str,
+    *,
+    episodes: int | None = None,
+    ways: int | None = None,
+    shots: int | None = None,
+    queries: int | None = None,
+    split: str | None = None,
+    seed: int | None = None,
+    device: str | None = None,
+    data_root: str | None = None,
+    out: str | None = None,
+) -> tuple[EvalResult, Path]:
+    """Score the checkpoint at ``path`` on fixed episodes; unset arguments come from its config."""
+    state = load_checkpoint(path)
+    try:
+        config = config_from_dict(checkpoint_config(state), f"checkpoint {path}")
+    except (KeyError, ValueError) as e:
+        raise MnemetaError(
+            f"checkpoint {path} holds no readable config ({e}); it was not written "
+            "by `mnemeta train`"
+        ) from None
+    ec = config.eval
+    ec.episodes = episodes if episodes is not None else ec.episodes
+    ec.ways, ec.shots = ways or ec.ways, shots or ec.shots
+    ec.queries = queries if queries is not None else ec.queries
+    ec.split = split or ec.split
+    ec.seed = seed if seed is not None else ec.seed
+    if data_root is not None:
+        config.data.root = data_root
+    dev = pick_device(device or config.device)
+    splits = build_splits(config.data)
+    if ec.split not in splits:
+        raise MnemetaError(
+            f"split {ec.split!r} is not in this dataset; choose one of {', '.join(sorted(splits))}"
+        )
+    sampler = EpisodeSampler(
+        splits[ec.split],
+        ways=ec.ways,
+        shots=ec.shots,
+        queries=ec.queries,
+        device=dev,
+        split=ec.split,
+    )
+    learner = build_learner(config.model, in_channels=splits[ec.split].image_shape[0])
+    try:
+        learner.load_state_dict(state["model"])
+    except (RuntimeError, KeyError) as e:
+        first = str(e).splitlines()[0][:160]
+        raise MnemetaError(
+            f"the weights in {path} do not fit the model its config describes "
+            f"({first}); the file was changed or written by another version"
+        ) from None
+    learner.to(dev)
+    result = evaluate(
+        learner,
+        sampler,
+        episodes=ec.episodes,
+        seed=ec.seed,
+        batch_size=ec.batch_size,
+        split=ec.split,
+    )
+    target = (
+        Path(out)
+        if out
+        else Path(path).with_name(f"eval_{ec.split}_{ec.ways}w{ec.shots}s_{ec.episodes}.json")
+    )
+    payload = {
+        "checkpoint": str(path),
+        "step": int(state["step"]),
+        **result.to_dict(),
+        "markdown": result.markdown(config.name),
+    }
+    atomic_write_text(target, json.dumps(payload, indent=2) + "\n")
+    return result, target

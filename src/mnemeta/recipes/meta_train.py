@@ -1,0 +1,285 @@
+"""Episodic meta-training, top to bottom: build, then one loop.
+
+sample a meta-batch -> ``meta_loss`` -> backward -> clip -> step -> log; every so often
+evaluate on validation episodes (mean ± 95% CI) and checkpoint; at the end evaluate on the
+fixed test episodes and plot. A learner that needs a different loop gets its own recipe file.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from mnemeta.checkpoint import (
+    atomic_write_text,
+    checkpoint_config,
+    load_checkpoint,
+    save_checkpoint,
+)
+from mnemeta.config import Config
+from mnemeta.data.classes import ClassImages
+from mnemeta.data.sampler import EpisodeSampler
+from mnemeta.errors import MnemetaError
+from mnemeta.recipes.build import build_learner, build_splits, pick_device
+from mnemeta.recipes.evaluate import evaluate
+from mnemeta.recipes.logging import MetricsLog
+from mnemeta.recipes.plots import plot_training_curves
+
+# Keys that may change between a run and its resumption: they do not change what is trained.
+RESUMABLE_CHANGES = (
+    "name",
+    "device",
+    "out_dir",
+    "data.root",
+    "data.cache_dir",
+    "data.download",
+    "train.steps",
+    "train.log_every",
+    "train.eval_every",
+    "train.checkpoint_every",
+    "eval.",
+)
+
+
+def meta_train(
+    config: Config, *, resume: str | None = None, progress: bool | None = None
+) -> dict[str, Any]:
+    """Train ``config`` (optionally continuing ``resume``); returns the summary written to
+    ``<run_dir>/result.json``."""
+    t_start = time.perf_counter()
+    tc, ec = config.train, config.eval
+    device = pick_device(config.device)
+    run_dir = config.run_dir
+    show = sys.stderr.isatty() if progress is None else progress
+
+    # ---- build: data, samplers, learner, optimiser (each step fails early and clearly) ----
+    torch.manual_seed(config.seed)
+    splits = build_splits(config.data, progress=show)
+    train_data = _split(splits, tc.split, "train.split")
+    sampler = EpisodeSampler(
+        train_data,
+        ways=tc.ways,
+        shots=tc.shots,
+        queries=tc.queries,
+        seed=config.seed,
+        device=device,
+        split=tc.split,
+    )
+    val_sampler = None
+    if tc.eval_every and ec.val_split:
+        val_sampler = EpisodeSampler(
+            _split(splits, ec.val_split, "eval.val_split"),
+            ways=ec.ways,
+            shots=ec.shots,
+            queries=ec.queries,
+            device=device,
+            split=ec.val_split,
+        )
+    test_sampler = EpisodeSampler(
+        _split(splits, ec.split, "eval.split"),
+        ways=ec.ways,
+        shots=ec.shots,
+        queries=ec.queries,
+        device=device,
+        split=ec.split,
+    )
+    learner = build_learner(config.model, in_channels=train_data.image_shape[0]).to(device)
+    optimizer = torch.optim.Adam(learner.parameters(), lr=tc.lr)
+    scheduler = torch.optim.lr_scheduler.StepLR(
+        optimizer, step_size=max(tc.lr_decay_every, 1), gamma=tc.lr_decay
+    )
+    # Running sums of the logged metrics stay on the device: no host sync every step.
+    running = torch.zeros(3, device=device)  # loss sum, accuracy sum, count
+    start = 0
+    if resume is not None:
+        state = load_checkpoint(resume)
+        _check_resumable(checkpoint_config(state), config, resume)
+        learner.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        sampler.set_state(state["rng"]["sampler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        running = state["running"].to(device)
+        start = int(state["step"])
+        if start >= tc.steps:
+            raise MnemetaError(
+                f"{resume} is already at step {start} of {tc.steps}; raise "
+                "train.steps with --set to train further"
+            )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+    log = MetricsLog(run_dir, resume_step=start if resume is not None else None)
+    t_data = time.perf_counter() - t_start
+
+    def checkpoint(step: int) -> None:
+        save_checkpoint(
+            run_dir / "checkpoint.pt",
+            {
+                "config": config.to_json(),
+                "step": step,
+                "model": learner.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": {"torch": torch.get_rng_state(), "sampler": sampler.get_state()},
+                "running": running.cpu(),
+            },
+        )
+
+    # ---- the loop ----
+    learner.train()
+    t_loop = time.perf_counter()
+    bar = tqdm(
+        range(start, tc.steps),
+        initial=start,
+        total=tc.steps,
+        disable=not show,
+        desc=config.name,
+        dynamic_ncols=True,
+    )
+    step = start
+    try:
+        for step in bar:
+            batch = sampler.sample(tc.meta_batch)
+            loss, metrics = learner.meta_loss(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if tc.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(learner.parameters(), tc.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            running += torch.stack(
+                [metrics["loss"], metrics["accuracy"], torch.ones((), device=device)]
+            )
+            done = step + 1
+            if done % tc.log_every == 0 or done == tc.steps:
+                loss_sum, acc_sum, count = running.tolist()
+                running.zero_()
+                row = {
+                    "step": done,
+                    "loss": loss_sum / count,
+                    "accuracy": acc_sum / count,
+                    "lr": scheduler.get_last_lr()[0],
+                    "seconds": round(time.perf_counter() - t_loop, 2),
+                }
+                log.log(row)
+                bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{100 * row['accuracy']:.1f}%")
+                if not show:
+                    print(
+                        f"step {done}/{tc.steps}  loss {row['loss']:.4f}  "
+                        f"acc {100 * row['accuracy']:.2f}%  {row['seconds']:.0f}s",
+                        flush=True,
+                    )
+            if val_sampler is not None and done % tc.eval_every == 0:
+                val = evaluate(
+                    learner,
+                    val_sampler,
+                    episodes=ec.val_episodes,
+                    seed=ec.seed,
+                    batch_size=ec.batch_size,
+                    split=ec.val_split,
+                )
+                log.log({"step": done, "val_accuracy": val.mean, "val_ci95": val.ci95})
+                tqdm.write(
+                    f"step {done}: {ec.val_split} accuracy {val.mean:.2f} ± {val.ci95:.2f}%",
+                    file=sys.stdout,
+                )
+            if done % tc.checkpoint_every == 0 or done == tc.steps:
+                checkpoint(done)
+    except KeyboardInterrupt:
+        # Interrupted mid-step: the last completed step is `step` (its update is not applied
+        # if the interrupt came before optimizer.step, so keep the last written checkpoint).
+        bar.close()
+        log.close()
+        raise MnemetaError(
+            f"interrupted; resume from the last checkpoint with --resume "
+            f"{run_dir / 'checkpoint.pt'}"
+        ) from None
+    bar.close()
+    t_train = time.perf_counter() - t_loop
+
+    # ---- final evaluation on the fixed test episodes ----
+    t_eval0 = time.perf_counter()
+    result = evaluate(
+        learner,
+        test_sampler,
+        episodes=ec.episodes,
+        seed=ec.seed,
+        batch_size=ec.batch_size,
+        split=ec.split,
+    )
+    t_eval = time.perf_counter() - t_eval0
+    log.close()
+    summary = {
+        "name": config.name,
+        "steps": tc.steps,
+        "device": str(device),
+        "device_name": _device_name(device),
+        "test": result.to_dict(),
+        "seconds": {
+            "build": round(t_data, 1),
+            "train": round(t_train, 1),
+            "evaluate": round(t_eval, 1),
+            "total": round(time.perf_counter() - t_start, 1),
+        },
+        "resumed_from_step": start if resume is not None else None,
+    }
+    atomic_write_text(run_dir / "result.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(run_dir / "result.md", result.markdown(config.name) + "\n")
+    plot_training_curves(log.rows, run_dir / "curves.png", title=config.name)
+    return summary
+
+
+def _split(splits: dict[str, ClassImages], name: str, key: str) -> ClassImages:
+    if name not in splits:
+        raise MnemetaError(
+            f"{key}={name!r} is not a split of this dataset; choose one of "
+            f"{', '.join(sorted(splits))}"
+        )
+    return splits[name]
+
+
+def _check_resumable(saved: dict[str, Any], config: Config, path: str) -> None:
+    now = _flat(config.to_dict())
+    before = _flat(saved)
+    changed = sorted(
+        k
+        for k in set(now) | set(before)
+        if now.get(k) != before.get(k) and not k.startswith(RESUMABLE_CHANGES)
+    )
+    if changed:
+        diffs = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:4])
+        raise MnemetaError(
+            f"checkpoint {path} was written by another config ({diffs}); resume "
+            "with the same preset and --set values, or start a new run"
+        )
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:  # Linux: the CPU model, e.g. "AMD EPYC 7B13"
+        with open("/proc/cpuinfo") as cpuinfo:
+            lines = cpuinfo.readlines()
+        for line in lines:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()

@@ -1,0 +1,89 @@
+"""The training recipe on the embedded glyphs: outputs, exact resume, config mismatch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from mnemeta.checkpoint import load_checkpoint
+from mnemeta.config import Config, load_config
+from mnemeta.errors import MnemetaError
+from mnemeta.recipes.evaluate_checkpoint import evaluate_checkpoint
+from mnemeta.recipes.meta_train import meta_train
+
+TINY = [
+    "model.hidden=8",
+    "train.ways=5",
+    "train.queries=2",
+    "train.log_every=1",
+    "train.eval_every=4",
+    "train.checkpoint_every=4",
+    "eval.episodes=20",
+    "eval.val_episodes=10",
+    "eval.batch_size=10",
+]
+
+
+def tiny(out: Path, *extra: str) -> Config:
+    return load_config("demo_glyphs_protonet", [*TINY, f"out_dir={out}", *extra])
+
+
+def _losses(run_dir: Path) -> list[float]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if "loss" in r]
+
+
+def test_a_run_writes_everything_a_user_looks_for(tmp_path: Path) -> None:
+    summary = meta_train(tiny(tmp_path, "train.steps=4"), progress=False)
+    for name in (
+        "config.json",
+        "checkpoint.pt",
+        "metrics.jsonl",
+        "metrics.csv",
+        "result.json",
+        "result.md",
+        "curves.png",
+    ):
+        assert (tmp_path / name).is_file(), name
+    assert summary["test"]["episodes"] == 20 and 0 <= summary["test"]["mean"] <= 100
+    assert (tmp_path / "result.md").read_text().startswith("| demo_glyphs_protonet | 5-way 1-shot")
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 4
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_resume_gives_the_losses_of_an_uninterrupted_run(tmp_path: Path) -> None:
+    meta_train(tiny(tmp_path / "whole", "train.steps=8"), progress=False)
+    meta_train(tiny(tmp_path / "split", "train.steps=4"), progress=False)
+    meta_train(
+        tiny(tmp_path / "split", "train.steps=8"),
+        progress=False,
+        resume=str(tmp_path / "split" / "checkpoint.pt"),
+    )
+    whole, split = _losses(tmp_path / "whole"), _losses(tmp_path / "split")
+    assert len(whole) == len(split) == 8
+    assert whole == split  # exactly, on CPU
+    a = load_checkpoint(tmp_path / "whole" / "checkpoint.pt")["model"]
+    b = load_checkpoint(tmp_path / "split" / "checkpoint.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_from_another_config_is_refused(tmp_path: Path) -> None:
+    meta_train(tiny(tmp_path, "train.steps=4"), progress=False)
+    with pytest.raises(MnemetaError, match=r"written by another config \(train.lr: 0.001 -> 0.1\)"):
+        meta_train(
+            tiny(tmp_path, "train.steps=8", "train.lr=0.1"),
+            progress=False,
+            resume=str(tmp_path / "checkpoint.pt"),
+        )
+
+
+def test_evaluate_checkpoint_uses_the_same_episodes(tmp_path: Path) -> None:
+    summary = meta_train(tiny(tmp_path, "train.steps=4"), progress=False)
+    result, out = evaluate_checkpoint(str(tmp_path / "checkpoint.pt"))
+    assert result.mean == pytest.approx(summary["test"]["mean"])
+    assert json.loads(out.read_text())["episodes"] == 20
+    other, _ = evaluate_checkpoint(str(tmp_path / "checkpoint.pt"), ways=3, shots=2, episodes=10)
+    assert (other.ways, other.shots, other.episodes) == (3, 2, 10)
