@@ -74,7 +74,7 @@ class MatchingNet(nn.Module):
     def _log_probs(
         self, support_z: Tensor, support_y: Tensor, n_way: int, query_z: Tensor
     ) -> Tensor:
-        """Support ``(T, S, D)``, labels ``(T, S)``, queries ``(T, Q, D)`` -> log P ``(T, Q, N)``."""
+        """Support ``(T, S, D)`` with labels ``(T, S)``, queries ``(T, Q, D)`` -> ``(T, Q, N)``."""
         if self.fce:
             support_z = self._full_context_support(support_z)
             query_z = self._full_context_query(query_z, support_z)
