@@ -1,7 +1,7 @@
 """N-way K-shot episodes drawn from a :class:`ClassImages` by tensor indexing.
 
 The whole dataset is one uint8 tensor on the target device; an episode is two index draws
-(which classes, which drawings of each) and one gather. Index draws happen on the CPU with the
+(which classes, which drawings of each) and one ``index_select``. Index draws happen on the CPU with the
 sampler's own ``torch.Generator``, so that
 
 * a seed gives the same episodes on every device (CPU and CUDA generators differ), and
@@ -94,11 +94,9 @@ class EpisodeSampler:
 
     def _draw_indices(self, n_tasks: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         n_classes, per_class = self.data.images.shape[:2]
-        # N distinct classes per episode: the N smallest of uniform keys is a uniform draw
-        # without replacement, and topk is O(classes) where argsort would be O(c log c).
-        keys = torch.rand(n_tasks, n_classes, generator=generator)
-        classes = keys.topk(self.ways, dim=1, largest=False).indices  # (T, N)
-        # K + Q distinct drawings per class, ignoring padding rows of smaller classes.
+        classes = _distinct_integers(n_tasks, self.ways, n_classes, generator)  # (T, N)
+        # K + Q distinct drawings per class, ignoring padding rows of smaller classes: the
+        # smallest K + Q of uniform keys, with padding rows given keys that always lose.
         draw_keys = torch.rand(n_tasks, self.ways, per_class, generator=generator)
         padding = torch.arange(per_class) >= self._counts_cpu[classes].unsqueeze(-1)
         draw_keys.masked_fill_(padding, 2.0)
@@ -107,14 +105,15 @@ class EpisodeSampler:
 
     def _gather(self, classes: Tensor, drawings: Tensor) -> EpisodeBatch:
         t, n, k, q = classes.shape[0], self.ways, self.shots, self.queries
-        classes = classes.to(self.device, non_blocking=True).unsqueeze(-1)
-        drawings = drawings.to(self.device, non_blocking=True)
+        per_class = self.data.images.shape[1]
         shape = self.data.images.shape[2:]
-        # Gather support and query straight into their final layout (no copy of a slice), then
-        # convert uint8 -> float in place of a second pass: on a CPU the sampler is bound by
-        # memory bandwidth, and the float tensor is 4x the bytes of the gathered pixels.
-        support = self.data.images[classes, drawings[..., :k]].reshape(t, n * k, *shape)
-        query = self.data.images[classes, drawings[..., k:]].reshape(t, n * q, *shape)
+        rows = (classes.unsqueeze(-1) * per_class + drawings).to(self.device, non_blocking=True)
+        # index_select on the flattened images is ~15x faster than advanced indexing with two
+        # index tensors on a CPU (measured: 57 vs 970 us for 32 episodes); support and query
+        # are gathered straight into their final layout, then converted uint8 -> float once.
+        flat = self.data.images.view(-1, *shape)
+        support = flat.index_select(0, rows[..., :k].reshape(-1)).view(t, n * k, *shape)
+        query = flat.index_select(0, rows[..., k:].reshape(-1)).view(t, n * q, *shape)
         labels = torch.arange(n, device=self.device).unsqueeze(-1)
         return EpisodeBatch(
             support_x=_to_unit_float(support),
@@ -123,6 +122,25 @@ class EpisodeSampler:
             query_y=labels.expand(n, q).reshape(1, n * q).expand(t, -1),
             n_way=n,
         )
+
+
+def _distinct_integers(rows: int, k: int, n: int, generator: torch.Generator) -> Tensor:
+    """``(rows, k)`` integers in ``[0, n)``, distinct within each row, uniformly drawn.
+
+    When k² <= n a row has no repeat with probability >= exp(-1/2), so drawing with replacement
+    and redrawing the few rows with a repeat is cheap, and it costs O(k) per row where the
+    general method, the k smallest of n uniform keys, costs O(n) (0.6 ms for 32 rows of 4800).
+    """
+    if k * k > n:
+        return torch.rand(rows, n, generator=generator).topk(k, dim=1, largest=False).indices
+    out = torch.randint(n, (rows, k), generator=generator)
+    while True:
+        ordered = out.sort(dim=1).values
+        repeated = (ordered[:, 1:] == ordered[:, :-1]).any(dim=1)
+        count = int(repeated.sum())
+        if count == 0:
+            return out
+        out[repeated] = torch.randint(n, (count, k), generator=generator)
 
 
 def _to_unit_float(pixels: Tensor) -> Tensor:
