@@ -1,8 +1,8 @@
 """N-way K-shot episodes drawn from a :class:`ClassImages` by tensor indexing.
 
 The whole dataset is one uint8 tensor on the target device; an episode is two index draws
-(which classes, which drawings of each) and one ``index_select``. Index draws happen on the CPU with the
-sampler's own ``torch.Generator``, so that
+(which classes, which drawings of each) and one ``index_select``. Index draws happen on the
+CPU with the sampler's own ``torch.Generator``, so that
 
 * a seed gives the same episodes on every device (CPU and CUDA generators differ), and
 * the sampler's state is one small tensor that a checkpoint saves and ``--resume`` restores.
