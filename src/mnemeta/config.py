@@ -38,12 +38,21 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    algorithm: str = "protonet"  # protonet | matching
+    algorithm: str = "protonet"  # protonet | matching | maml | fomaml | metasgd | anil | reptile
     backbone: str = "conv4"
     hidden: int = 64  # channels of each Conv-4 block
     distance: str = "sqeuclidean"  # protonet: sqeuclidean (the paper's) | cosine
     fce: bool = False  # matching: full-context embeddings
     scale: float = 10.0  # matching: multiplies the cosine before the softmax
+    # --- optimisation-based learners (maml, fomaml, metasgd, anil, reptile) ---
+    inner_lr: float = 0.4  # α (Meta-SGD: its initial value); Reptile: inner Adam step size
+    inner_steps: int = 1  # inner steps in meta-training
+    eval_inner_steps: int = 0  # inner steps at test time; 0: as in training
+    eval_inner_lr: float = 0.0  # α at test time; 0: as in training
+    inner_batch: int = 10  # reptile: inner mini-batch size
+    eval_inner_batch: int = 5  # reptile: the same at test time
+    strategy: str = "auto"  # auto (vmap on GPU, loop on CPU) | vmap | loop
+    task_chunk: int = 0  # tasks per vmap call; 0: the whole meta-batch
 
 
 @dataclass
@@ -54,8 +63,10 @@ class TrainConfig:
     queries: int = 5
     meta_batch: int = 1  # episodes per optimiser step
     steps: int = 4000  # optimiser steps
+    optimizer: str = "adam"  # adam | sgd (Reptile's outer step is SGD on its surrogate)
     lr: float = 1e-3  # Adam, as in the paper
-    lr_decay: float = 0.5  # multiply the learning rate by this ...
+    lr_schedule: str = "step"  # step | linear (annealed to 0 at the last step, as Reptile)
+    lr_decay: float = 0.5  # step: multiply the learning rate by this ...
     lr_decay_every: int = 2000  # ... every this many steps (Snell et al.: halve every 2000)
     grad_clip: float = 0.0  # max gradient norm; 0 disables
     log_every: int = 50

@@ -21,9 +21,11 @@ Predictor = Callable[[Tensor], Tensor]
 @runtime_checkable
 class MetaLearner(Protocol):
     def meta_loss(self, batch: EpisodeBatch) -> tuple[Tensor, dict[str, Tensor]]:
-        """Mean query loss over the tasks of ``batch`` (differentiable w.r.t. the
-        meta-parameters) and detached metrics, at least ``"loss"`` and, for classification,
-        ``"accuracy"``."""
+        """The loss to minimise over the meta-parameters, and detached metrics: ``"loss"``, the
+        mean query loss over the tasks of ``batch``, and for classification ``"accuracy"``.
+
+        For most learners the two losses are the same; Reptile returns a surrogate whose
+        gradient is its meta-update."""
         ...
 
     def adapt(self, support: Support) -> Predictor:

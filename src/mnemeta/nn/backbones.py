@@ -66,9 +66,15 @@ class Conv4(nn.Module):
             self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.channels_last and x.dim() == 4:
+        if self.channels_last and x.dim() == 4 and not _under_vmap(x):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.blocks(x).flatten(1)
+
+
+def _under_vmap(x: Tensor) -> bool:
+    """Whether ``x`` is a vmap-batched tensor: vmap cannot lay out channels_last (NYI)."""
+    is_batched = getattr(torch._C._functorch, "is_batchedtensor", None)
+    return bool(is_batched(x)) if is_batched is not None else False
 
 
 class MLP(nn.Module):

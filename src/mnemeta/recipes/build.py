@@ -13,6 +13,8 @@ import torch
 from torch import nn
 
 from mnemeta.algorithms import MatchingNet, ProtoNet
+from mnemeta.algorithms.maml import MAML, Classifier
+from mnemeta.algorithms.reptile import Reptile
 from mnemeta.config import DataConfig, ModelConfig
 from mnemeta.data.classes import ClassImages
 from mnemeta.data.glyphs import glyph_splits
@@ -22,7 +24,7 @@ from mnemeta.nn import Conv4
 T = TypeVar("T")
 
 #: The learners the CLI can build: nn.Modules that satisfy the MetaLearner protocol.
-Learner = ProtoNet | MatchingNet
+Learner = ProtoNet | MatchingNet | MAML | Reptile
 
 
 def _omniglot(cfg: DataConfig, progress: bool) -> dict[str, ClassImages]:
@@ -53,7 +55,11 @@ def build_splits(cfg: DataConfig, *, progress: bool = False) -> dict[str, ClassI
 
 
 def _conv4(cfg: ModelConfig, in_channels: int, primitive_bn: bool) -> nn.Module:
-    return Conv4(in_channels, cfg.hidden, primitive_bn=primitive_bn)
+    # Gradient-based learners use batch statistics per task (MAML paper), computed from
+    # primitive ops so that the second-order gradient under vmap is right.
+    return Conv4(
+        in_channels, cfg.hidden, primitive_bn=primitive_bn, track_running_stats=not primitive_bn
+    )
 
 
 BACKBONES: dict[str, Callable[[ModelConfig, int, bool], nn.Module]] = {"conv4": _conv4}
@@ -73,14 +79,65 @@ def _matching(cfg: ModelConfig, in_channels: int) -> Learner:
     return MatchingNet(encoder, embedding_dim=cfg.hidden, fce=cfg.fce, scale=cfg.scale)
 
 
-ALGORITHMS: dict[str, Callable[[ModelConfig, int], Learner]] = {
-    "protonet": _protonet,
-    "matching": _matching,
+def _classifier(cfg: ModelConfig, in_channels: int, n_way: int, image_size: int) -> nn.Module:
+    encoder = _lookup(BACKBONES, cfg.backbone, "model.backbone")(cfg, in_channels, True)
+    features = cfg.hidden * (image_size // 16) ** 2
+    return Classifier(encoder, features, n_way)
+
+
+def _maml_family(**switches: object) -> Callable[[ModelConfig, int, int, int], Learner]:
+    def build(cfg: ModelConfig, in_channels: int, n_way: int, image_size: int) -> Learner:
+        return MAML(
+            _classifier(cfg, in_channels, n_way, image_size),
+            inner_lr=cfg.inner_lr,
+            inner_steps=cfg.inner_steps,
+            eval_inner_steps=cfg.eval_inner_steps or None,
+            eval_inner_lr=cfg.eval_inner_lr or None,
+            strategy=_choice(cfg.strategy, ("auto", "vmap", "loop"), "model.strategy"),
+            task_chunk=cfg.task_chunk,
+            **switches,  # type: ignore[arg-type]
+        )
+
+    return build
+
+
+def _reptile(cfg: ModelConfig, in_channels: int, n_way: int, image_size: int) -> Learner:
+    return Reptile(
+        _classifier(cfg, in_channels, n_way, image_size),
+        inner_lr=cfg.inner_lr,
+        inner_steps=cfg.inner_steps,
+        inner_batch=cfg.inner_batch,
+        eval_inner_steps=cfg.eval_inner_steps or cfg.inner_steps,
+        eval_inner_batch=cfg.eval_inner_batch,
+        strategy=_choice(cfg.strategy, ("auto", "vmap", "loop"), "model.strategy"),
+    )
+
+
+def _metric(build: Callable[[ModelConfig, int], Learner]) -> Callable[..., Learner]:
+    return lambda cfg, in_channels, n_way, image_size: build(cfg, in_channels)
+
+
+#: model.algorithm -> builder(model config, input channels, n_way, image side).
+ALGORITHMS: dict[str, Callable[[ModelConfig, int, int, int], Learner]] = {
+    "protonet": _metric(_protonet),
+    "matching": _metric(_matching),
+    "maml": _maml_family(),
+    "fomaml": _maml_family(first_order=True),
+    "metasgd": _maml_family(learn_inner_lr=True),
+    "anil": _maml_family(adapt=("head.",)),
+    "reptile": _reptile,
 }
 
+#: Learners with an output layer of fixed width: they train and test with the same n_way.
+FIXED_WAYS = ("maml", "fomaml", "metasgd", "anil", "reptile")
 
-def build_learner(cfg: ModelConfig, in_channels: int) -> Learner:
-    return _lookup(ALGORITHMS, cfg.algorithm, "model.algorithm")(cfg, in_channels)
+
+def build_learner(
+    cfg: ModelConfig, in_channels: int, n_way: int = 0, image_size: int = 28
+) -> Learner:
+    return _lookup(ALGORITHMS, cfg.algorithm, "model.algorithm")(
+        cfg, in_channels, n_way, image_size
+    )
 
 
 def pick_device(name: str) -> torch.device:

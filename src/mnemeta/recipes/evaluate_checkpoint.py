@@ -9,7 +9,7 @@ from mnemeta.checkpoint import atomic_write_text, checkpoint_config, load_checkp
 from mnemeta.config import config_from_dict
 from mnemeta.data.sampler import EpisodeSampler
 from mnemeta.errors import MnemetaError
-from mnemeta.recipes.build import build_learner, build_splits, pick_device
+from mnemeta.recipes.build import FIXED_WAYS, build_learner, build_splits, pick_device
 from mnemeta.recipes.evaluate import EvalResult, evaluate
 
 
@@ -57,7 +57,13 @@ def evaluate_checkpoint(
         device=dev,
         split=ec.split,
     )
-    learner = build_learner(config.model, in_channels=splits[ec.split].image_shape[0])
+    if config.model.algorithm in FIXED_WAYS and ec.ways != config.train.ways:
+        raise MnemetaError(
+            f"this {config.model.algorithm} checkpoint has a {config.train.ways}-way "
+            f"output layer; evaluate it with --ways {config.train.ways}"
+        )
+    channels, side, _ = splits[ec.split].image_shape
+    learner = build_learner(config.model, channels, n_way=config.train.ways, image_size=side)
     try:
         learner.load_state_dict(state["model"])
     except (RuntimeError, KeyError) as e:

@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
+from torch.optim.lr_scheduler import LRScheduler
 from tqdm import tqdm
 
 from mnemeta.checkpoint import (
@@ -25,7 +27,7 @@ from mnemeta.config import Config
 from mnemeta.data.classes import ClassImages
 from mnemeta.data.sampler import EpisodeSampler
 from mnemeta.errors import MnemetaError
-from mnemeta.recipes.build import build_learner, build_splits, pick_device
+from mnemeta.recipes.build import FIXED_WAYS, build_learner, build_splits, pick_device
 from mnemeta.recipes.evaluate import evaluate
 from mnemeta.recipes.logging import MetricsLog
 from mnemeta.recipes.plots import plot_training_curves
@@ -88,11 +90,15 @@ def meta_train(
         device=device,
         split=ec.split,
     )
-    learner = build_learner(config.model, in_channels=train_data.image_shape[0]).to(device)
-    optimizer = torch.optim.Adam(learner.parameters(), lr=tc.lr)
-    scheduler = torch.optim.lr_scheduler.StepLR(
-        optimizer, step_size=max(tc.lr_decay_every, 1), gamma=tc.lr_decay
-    )
+    if config.model.algorithm in FIXED_WAYS and ec.ways != tc.ways:
+        raise MnemetaError(
+            f"{config.model.algorithm} has a {tc.ways}-way output layer, so "
+            f"eval.ways must equal train.ways ({ec.ways} != {tc.ways}); set both"
+        )
+    channels, side, _ = train_data.image_shape
+    learner = build_learner(config.model, channels, n_way=tc.ways, image_size=side).to(device)
+    optimizer = build_optimizer(config, learner.parameters())
+    scheduler = build_schedule(config, optimizer)
     # Running sums of the logged metrics stay on the device: no host sync every step.
     running = torch.zeros(3, device=device)  # loss sum, accuracy sum, count
     start = 0
@@ -232,6 +238,27 @@ def meta_train(
     atomic_write_text(run_dir / "result.md", result.markdown(config.name) + "\n")
     plot_training_curves(log.rows, run_dir / "curves.png", title=config.name)
     return summary
+
+
+def build_optimizer(config: Config, params: Iterator[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    tc = config.train
+    if tc.optimizer == "adam":
+        return torch.optim.Adam(params, lr=tc.lr)
+    if tc.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=tc.lr)
+    raise MnemetaError(f"train.optimizer={tc.optimizer!r} is unknown; choose adam or sgd")
+
+
+def build_schedule(config: Config, optimizer: torch.optim.Optimizer) -> LRScheduler:
+    tc = config.train
+    if tc.lr_schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(
+            optimizer, step_size=max(tc.lr_decay_every, 1), gamma=tc.lr_decay
+        )
+    if tc.lr_schedule == "linear":
+        steps = max(tc.steps, 1)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1.0 - s / steps))
+    raise MnemetaError(f"train.lr_schedule={tc.lr_schedule!r} is unknown; choose step or linear")
 
 
 def _split(splits: dict[str, ClassImages], name: str, key: str) -> ClassImages:

@@ -1,0 +1,114 @@
+"""The one functional inner loop that the optimisation-based learners share.
+
+A model is called as a pure function of a dict of tensors (``torch.func.functional_call``); the
+inner loop takes ``torch.func.grad`` of the support loss and steps the *fast weights*, leaving
+the meta-parameters untouched. Whether the meta-gradient flows through the inner updates
+(second-order MAML) or not (first-order) is one flag: the inner gradient is detached or kept.
+
+The same per-task function runs either under ``torch.func.vmap`` over the tasks of a
+meta-batch (one batched computation: fast on a GPU) or in a Python loop over tasks (faster on
+a CPU, where vmap's batched convolutions lose to plain ones). Both give the same numbers;
+``tests/algorithms/test_maml.py`` checks this in float64.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+
+Params = dict[str, Tensor]
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
+    return nn.functional.cross_entropy(logits, y)
+
+
+def mse(prediction: Tensor, y: Tensor) -> Tensor:
+    return nn.functional.mse_loss(prediction, y)
+
+
+def inner_adapt(
+    model: nn.Module,
+    params: Params,
+    fixed: Params,
+    x: Tensor,
+    y: Tensor,
+    *,
+    loss_fn: LossFn,
+    steps: int,
+    lr: float | Params,
+    first_order: bool,
+) -> Params:
+    """``steps`` SGD steps on ``params`` for one task's support ``(x, y)``.
+
+    Args:
+        model: the network; called as ``functional_call(model, {**fixed, **params}, x)``.
+        params: the tensors adapted in the inner loop (all weights for MAML, the head for ANIL).
+        fixed: everything else the model needs (the body for ANIL, buffers).
+        lr: one step size, or one per tensor of ``params`` (Meta-SGD's learned α, same shapes).
+        first_order: detach the inner gradient, so the meta-gradient ignores second-order terms.
+
+    Returns the fast weights, ``params`` after the steps (a new dict; nothing is mutated).
+    """
+
+    def support_loss(p: Params) -> Tensor:
+        return loss_fn(functional_call(model, {**fixed, **p}, (x,)), y)
+
+    fast = params
+    for _ in range(steps):
+        grads = grad(support_loss)(fast)
+        fast = {
+            k: w - _step(lr, k) * (grads[k].detach() if first_order else grads[k])
+            for k, w in fast.items()
+        }
+    return fast
+
+
+def _step(lr: float | Params, key: str) -> float | Tensor:
+    return lr[key] if isinstance(lr, dict) else lr
+
+
+def over_tasks(
+    per_task: Callable[..., tuple[Tensor, Any]],
+    tasks: Iterable[Tensor],
+    *,
+    strategy: str,
+    chunk: int = 0,
+) -> tuple[Tensor, Any]:
+    """Run ``per_task(*task_tensors) -> (loss, output)`` on every task; stack the results.
+
+    ``output`` is a tensor or a dict of tensors. ``strategy`` is ``"vmap"`` (one batched
+    computation, in chunks of ``chunk`` tasks when ``chunk`` > 0, to bound memory) or
+    ``"loop"`` (one task at a time).
+    """
+    tensors = list(tasks)
+    n = tensors[0].shape[0]
+    if strategy == "loop":
+        results = [per_task(*(t[i] for t in tensors)) for i in range(n)]
+        return _join(torch.stack, [r[0] for r in results]), _join(
+            torch.stack, [r[1] for r in results]
+        )
+    if strategy != "vmap":
+        raise ValueError(f"strategy must be 'vmap' or 'loop'; got {strategy!r}")
+    batched = vmap(per_task, randomness="different")
+    size = chunk if chunk > 0 else n
+    parts = [batched(*(t[i : i + size] for t in tensors)) for i in range(0, n, size)]
+    return _join(torch.cat, [p[0] for p in parts]), _join(torch.cat, [p[1] for p in parts])
+
+
+def _join(op: Callable[[list[Tensor]], Tensor], items: list[Any]) -> Any:
+    """``op`` (stack or cat) over a list of tensors, or key by key over a list of dicts."""
+    if isinstance(items[0], dict):
+        return {k: op([item[k] for item in items]) for k in items[0]}
+    return op(items)
+
+
+def default_strategy(device: torch.device) -> str:
+    """vmap on accelerators; a loop over tasks on a CPU, where batched convolutions lose to
+    plain ones (see benchmarks/results/maml_strategy.md for the measurement)."""
+    return "loop" if device.type == "cpu" else "vmap"

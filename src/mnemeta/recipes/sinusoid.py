@@ -1,0 +1,235 @@
+"""MAML on sinusoid regression (Finn, Abbeel & Levine 2017, §5.1), with the paper's baseline.
+
+A separate recipe because the loop differs from episodic classification: two models are trained
+(MAML, and a network "pretrained" by plain regression on all tasks), and evaluation is a curve,
+the query MSE after 0..10 fine-tuning steps on K support points, not one accuracy.
+
+Protocol (paper): amplitude U[0.1, 5], phase U[0, π], x U[−5, 5]; MLP 1-40-40-1 with ReLU;
+K = 10 support points, one inner step with α = 0.01, meta-batch 25, Adam 1e-3. At test time
+both models take SGD steps with α on the K points; the baseline's step size is chosen on
+validation tasks (the paper tuned it automatically).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+from tqdm import tqdm
+
+from mnemeta.algorithms.maml import MAML
+from mnemeta.checkpoint import atomic_write_text
+from mnemeta.data.sinusoid import SinusoidTasks
+from mnemeta.episode import EpisodeBatch
+from mnemeta.nn import MLP
+from mnemeta.recipes.evaluate import mean_ci95
+
+BASELINE_STEP_SIZES = (0.001, 0.005, 0.01, 0.02, 0.05)
+
+
+@dataclass
+class SinusoidSettings:
+    steps: int = 70_000  # meta-iterations (the paper's budget)
+    meta_batch: int = 25
+    shots: int = 10  # K during meta-training
+    inner_lr: float = 0.01  # α
+    lr: float = 1e-3  # Adam, outer
+    eval_shots: tuple[int, ...] = (5, 10)
+    eval_tasks: int = 1000
+    eval_queries: int = 100
+    max_eval_steps: int = 10
+    seed: int = 0
+    strategy: str = "vmap"  # a tiny MLP: vmap wins even on a CPU (7 vs 71 ms per step)
+    compile: bool = False  # torch.compile the meta-loss: 2.8x faster steps, ~15 s to compile
+
+
+def run_sinusoid(s: SinusoidSettings, out_dir: Path, *, progress: bool = True) -> dict[str, Any]:
+    """Train MAML and the pretrained baseline, evaluate both, write result.json and a plot."""
+    torch.manual_seed(s.seed)
+    t0 = time.perf_counter()
+    tasks = SinusoidTasks(shots=s.shots, queries=s.shots, seed=s.seed)
+    maml = MAML(
+        MLP(1, (40, 40), 1),
+        task="regression",
+        inner_lr=s.inner_lr,
+        inner_steps=1,
+        strategy=s.strategy,
+    )
+    pretrained = MLP(1, (40, 40), 1)
+    opt_maml = torch.optim.Adam(maml.parameters(), lr=s.lr)
+    opt_pre = torch.optim.Adam(pretrained.parameters(), lr=s.lr)
+    meta_loss = torch.compile(maml.meta_loss) if s.compile else maml.meta_loss
+    bar = tqdm(
+        range(s.steps), desc="sinusoid", disable=not progress, dynamic_ncols=True, mininterval=1.0
+    )
+    for step in bar:
+        batch = tasks.sample(s.meta_batch)
+        loss, _ = meta_loss(batch)
+        opt_maml.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_maml.step()
+        # The baseline regresses on the same points, pooled over all tasks.
+        x = torch.cat([batch.support_x, batch.query_x], 1).flatten(0, 1)
+        y = torch.cat([batch.support_y, batch.query_y], 1).flatten(0, 1)
+        pre_loss = nn.functional.mse_loss(pretrained(x), y)
+        opt_pre.zero_grad(set_to_none=True)
+        pre_loss.backward()
+        opt_pre.step()
+        if step % 500 == 0:
+            bar.set_postfix(maml=f"{loss.item():.3f}", pretrained=f"{pre_loss.item():.3f}")
+    t_train = time.perf_counter() - t0
+
+    # Baseline step size: the best on validation tasks (disjoint seed from the test tasks).
+    val = _eval_tasks(s, seed=s.seed + 101, shots=max(s.eval_shots))
+    val_mse = {
+        a: float(finetune_curve(pretrained, val, a, s.max_eval_steps)[:, -1].mean())
+        for a in BASELINE_STEP_SIZES
+    }
+    baseline_lr = min(val_mse, key=lambda a: val_mse[a])
+
+    rows, curves = [], {}
+    for k in s.eval_shots:
+        test = _eval_tasks(s, seed=s.seed + 202, shots=k)
+        for name, model, lr in (
+            ("MAML", maml.model, s.inner_lr),
+            ("pretrained", pretrained, baseline_lr),
+        ):
+            curve = finetune_curve(model, test, lr, s.max_eval_steps)  # (tasks, steps + 1)
+            curves[(name, k)] = curve
+            row: dict[str, Any] = {"method": name, "shots": k, "step_size": lr}
+            for n_steps in (0, 1, 5, 10):
+                if n_steps <= s.max_eval_steps:
+                    mean, ci = mean_ci95(curve[:, n_steps])
+                    row[f"mse_{n_steps}"] = round(mean, 4)
+                    row[f"ci95_{n_steps}"] = round(ci, 4)
+            rows.append(row)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plot = plot_sinusoid(maml.model, pretrained, s, baseline_lr, curves, out_dir / "sinusoid.png")
+    result = {
+        "settings": {k: v for k, v in vars(s).items()},
+        "baseline_step_size": baseline_lr,
+        "baseline_validation_mse": val_mse,
+        "results": rows,
+        "seconds": {"train": round(t_train, 1), "total": round(time.perf_counter() - t0, 1)},
+        "plot": str(plot),
+    }
+    atomic_write_text(out_dir / "result.json", json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _eval_tasks(s: SinusoidSettings, *, seed: int, shots: int) -> EpisodeBatch:
+    """Fixed test tasks: K support points and ``eval_queries`` query points each."""
+    sampler = SinusoidTasks(shots=shots, queries=s.eval_queries)
+    g = torch.Generator().manual_seed(seed)
+    return sampler.episodes_for(sampler.sample_tasks(s.eval_tasks, g), g)
+
+
+def finetune_curve(model: nn.Module, tasks: EpisodeBatch, lr: float, max_steps: int) -> Tensor:
+    """Query MSE after 0..max_steps SGD steps on each task's support: ``(tasks, max_steps + 1)``."""
+    params = {n: p.detach() for n, p in model.named_parameters()}
+
+    def mse(p: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+        return nn.functional.mse_loss(functional_call(model, p, (x,)), y)
+
+    def one(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> Tensor:
+        p, out = params, [mse(params, qx, qy)]
+        for _ in range(max_steps):
+            g = grad(mse)(p, sx, sy)
+            p = {k: w - lr * g[k] for k, w in p.items()}
+            out.append(mse(p, qx, qy))
+        return torch.stack(out)
+
+    with torch.no_grad():
+        return vmap(one)(tasks.support_x, tasks.support_y, tasks.query_x, tasks.query_y)
+
+
+def adapted_prediction(
+    model: nn.Module, sx: Tensor, sy: Tensor, x: Tensor, lr: float, steps: int
+) -> Tensor:
+    """The model after ``steps`` SGD steps on one task's ``(sx, sy)``, evaluated at ``x``."""
+    p = {n: w.detach() for n, w in model.named_parameters()}
+
+    def mse(q: dict[str, Tensor]) -> Tensor:
+        return nn.functional.mse_loss(functional_call(model, q, (sx,)), sy)
+
+    for _ in range(steps):
+        g = grad(mse)(p)
+        p = {k: w - lr * g[k] for k, w in p.items()}
+    with torch.no_grad():
+        return functional_call(model, p, (x,))
+
+
+def plot_sinusoid(
+    maml_model: nn.Module,
+    pretrained: nn.Module,
+    s: SinusoidSettings,
+    baseline_lr: float,
+    curves: dict[tuple[str, int], Tensor],
+    path: Path,
+) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = min(s.eval_shots)
+    examples = _eval_tasks(s, seed=s.seed + 303, shots=k)
+    x = torch.linspace(-5, 5, 200).unsqueeze(-1)
+    g = torch.Generator().manual_seed(s.seed + 303)
+    params = SinusoidTasks(shots=k, queries=s.eval_queries).sample_tasks(s.eval_tasks, g)
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+    for col in range(3):
+        ax = axes[col]
+        a, phase = params[col].tolist()
+        sx, sy = examples.support_x[col], examples.support_y[col]
+        ax.plot(x, a * torch.sin(x - phase), "k-", lw=2, label="ground truth")
+        ax.plot(
+            x,
+            adapted_prediction(maml_model, sx, sy, x, s.inner_lr, 0),
+            ":",
+            color="tab:green",
+            label="MAML, before update",
+        )
+        for steps, style in ((1, "-"), (10, "--")):
+            ax.plot(
+                x,
+                adapted_prediction(maml_model, sx, sy, x, s.inner_lr, steps),
+                style,
+                color="tab:blue",
+                label=f"MAML, {steps} step{'s' * (steps > 1)}",
+            )
+        ax.plot(
+            x,
+            adapted_prediction(pretrained, sx, sy, x, baseline_lr, 10),
+            "--",
+            color="tab:red",
+            label="pretrained, 10 steps",
+        )
+        ax.plot(sx, sy, "^", color="tab:purple", ms=8, label=f"{k} support points")
+        ax.set(title=f"task {col + 1}: A={a:.2f}, φ={phase:.2f}", xlabel="x")
+        if col == 0:
+            ax.legend(fontsize=7, loc="lower left")
+    ax = axes[3]
+    for (name, shots), curve in sorted(curves.items()):
+        mean = curve.mean(0)
+        ax.plot(
+            range(len(mean)), mean, "o-" if name == "MAML" else "s--", label=f"{name}, K={shots}"
+        )
+    ax.set(
+        xlabel="gradient steps",
+        ylabel="query MSE",
+        yscale="log",
+        title=f"mean over {s.eval_tasks} test tasks",
+    )
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
