@@ -11,7 +11,7 @@ from mnemeta.nn import BatchNorm, Conv4
 
 def test_matches_native_batchnorm_in_train_and_eval() -> None:
     torch.manual_seed(0)
-    ours, native = BatchNorm(3), nn.BatchNorm2d(3)
+    ours, native = BatchNorm(3, primitive=True), nn.BatchNorm2d(3)
     with torch.no_grad():
         ours.weight.uniform_(0.5, 1.5)
         ours.bias.uniform_(-1, 1)
@@ -30,7 +30,7 @@ def test_matches_native_batchnorm_in_train_and_eval() -> None:
 
 def test_native_mode_matches_primitive_mode() -> None:
     torch.manual_seed(0)
-    prim, fast = BatchNorm(4), BatchNorm(4, primitive=False)
+    prim, fast = BatchNorm(4, primitive=True), BatchNorm(4, primitive=False)
     x = torch.randn(6, 4, 3, 3)
     torch.testing.assert_close(prim(x), fast(x))
     torch.testing.assert_close(prim.running_var, fast.running_var)

@@ -1,7 +1,8 @@
 """Backbones written so that ``torch.func.functional_call`` can run them and vmap over tasks.
 
 Plain ``nn.Module`` trees with no hidden state besides optional BN running statistics; batch
-norm is :class:`mnemeta.nn.BatchNorm` (primitive ops, right second-order gradients under vmap).
+norm is :class:`mnemeta.nn.BatchNorm` (primitive ops under vmap, where the native kernel
+gets second-order gradients wrong; the native kernel elsewhere).
 Generic builders take every size as an argument; presets in the configs name the sizes a paper
 used.
 """
@@ -15,13 +16,19 @@ import torch
 from torch import Tensor, nn
 
 from mnemeta.nn.batchnorm import BatchNorm
+from mnemeta.nn.vmap import under_vmap
 
 
 class ConvBlock(nn.Module):
     """conv3x3 (padding 1) -> BatchNorm -> ReLU -> max-pool 2: one block of Conv-4."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, *, track_running_stats: bool, primitive_bn: bool
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        track_running_stats: bool,
+        primitive_bn: bool | None,
     ) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
@@ -48,7 +55,7 @@ class Conv4(nn.Module):
         *,
         depth: int = 4,
         track_running_stats: bool = True,
-        primitive_bn: bool = True,
+        primitive_bn: bool | None = None,
         channels_last: bool = True,
     ) -> None:
         super().__init__()
@@ -66,15 +73,9 @@ class Conv4(nn.Module):
             self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.channels_last and x.dim() == 4 and not _under_vmap(x):
+        if self.channels_last and x.dim() == 4 and not under_vmap(x):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.blocks(x).flatten(1)
-
-
-def _under_vmap(x: Tensor) -> bool:
-    """Whether ``x`` is a vmap-batched tensor: vmap cannot lay out channels_last (NYI)."""
-    is_batched = getattr(torch._C._functorch, "is_batchedtensor", None)
-    return bool(is_batched(x)) if is_batched is not None else False
 
 
 class MLP(nn.Module):
@@ -92,7 +93,7 @@ class MLP(nn.Module):
         *,
         batch_norm: bool = False,
         track_running_stats: bool = True,
-        primitive_bn: bool = True,
+        primitive_bn: bool | None = None,
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
@@ -116,7 +117,7 @@ def conv4(
     hidden: int = 64,
     *,
     track_running_stats: bool = True,
-    primitive_bn: bool = True,
+    primitive_bn: bool | None = None,
 ) -> Conv4:
     """Conv-4 with ``hidden`` channels per block (see :class:`Conv4`)."""
     return Conv4(

@@ -7,8 +7,10 @@ inner-loop gradient, so it needs the second-order term right. Mean, variance and
 map written as ordinary ops are differentiated correctly at any order and under any
 ``torch.func`` transform; ``tests/nn/test_batchnorm.py`` checks this against the loop.
 
-``primitive=False`` switches to the native kernel (about 2x faster on a CPU) for learners that
-never take a second-order gradient under vmap, such as Prototypical and Matching Networks.
+The native kernel is right *outside* vmap, at any order, and about 2x faster on a CPU, so by
+default (``primitive=None``) the layer uses primitive ops only when its input is batched by
+vmap, and the native kernel otherwise (a per-task loop, or ProtoNet's plain batch).
+``primitive=True`` / ``False`` force one path (for tests and benchmarks).
 
 Running statistics are optional. With ``track_running_stats=False`` the layer always uses the
 statistics of the current batch (the MAML paper's "transductive" mode, per task under vmap)
@@ -20,6 +22,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from mnemeta.nn.vmap import under_vmap
+
 
 class BatchNorm(nn.Module):
     """Batch norm over every dimension but dim 1 (channels), for any input rank >= 2.
@@ -29,8 +33,9 @@ class BatchNorm(nn.Module):
         eps: added to the variance before the square root.
         momentum: weight of the current batch in the running statistics (as in PyTorch).
         track_running_stats: keep running mean/variance and use them in ``eval()`` mode.
-        primitive: compute with primitive ops (right under vmap at any order) rather than the
-            native kernel (faster, but wrong second-order gradients under vmap).
+        primitive: ``None`` (default): primitive ops under vmap, the native kernel elsewhere;
+            ``True``: always primitive ops; ``False``: always the native kernel (faster, but
+            wrong second-order gradients under vmap).
     """
 
     running_mean: Tensor | None
@@ -43,7 +48,7 @@ class BatchNorm(nn.Module):
         eps: float = 1e-5,
         momentum: float = 0.1,
         track_running_stats: bool = True,
-        primitive: bool = True,
+        primitive: bool | None = None,
     ) -> None:
         super().__init__()
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
@@ -58,7 +63,8 @@ class BatchNorm(nn.Module):
             self.running_mean = self.running_var = None
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self.primitive:
+        use_native = not under_vmap(x) if self.primitive is None else not self.primitive
+        if use_native:
             return nn.functional.batch_norm(
                 x,
                 self.running_mean,

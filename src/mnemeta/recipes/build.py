@@ -54,20 +54,17 @@ def build_splits(cfg: DataConfig, *, progress: bool = False) -> dict[str, ClassI
     return _lookup(DATASETS, cfg.dataset, "data.dataset")(cfg, progress)
 
 
-def _conv4(cfg: ModelConfig, in_channels: int, primitive_bn: bool) -> nn.Module:
-    # Gradient-based learners use batch statistics per task (MAML paper), computed from
-    # primitive ops so that the second-order gradient under vmap is right.
-    return Conv4(
-        in_channels, cfg.hidden, primitive_bn=primitive_bn, track_running_stats=not primitive_bn
-    )
+def _conv4(cfg: ModelConfig, in_channels: int, per_task_bn: bool) -> nn.Module:
+    # Gradient-based learners use the batch statistics of each task (MAML paper) and keep no
+    # running statistics; metric learners keep them for evaluation. Either way BatchNorm uses
+    # primitive ops under vmap (right second-order gradients) and the native kernel elsewhere.
+    return Conv4(in_channels, cfg.hidden, track_running_stats=not per_task_bn)
 
 
 BACKBONES: dict[str, Callable[[ModelConfig, int, bool], nn.Module]] = {"conv4": _conv4}
 
 
 def _protonet(cfg: ModelConfig, in_channels: int) -> Learner:
-    # Metric learners never take second-order gradients under vmap: native BN is right, and
-    # about 2x faster on a CPU.
     encoder = _lookup(BACKBONES, cfg.backbone, "model.backbone")(cfg, in_channels, False)
     return ProtoNet(
         encoder, distance=_choice(cfg.distance, ("sqeuclidean", "cosine"), "model.distance")
