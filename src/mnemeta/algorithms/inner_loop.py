@@ -20,6 +20,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from mnemeta.nn.vmap import under_vmap
+
 Params = dict[str, Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -59,14 +61,34 @@ def inner_adapt(
     def support_loss(p: Params) -> Tensor:
         return loss_fn(functional_call(model, {**fixed, **p}, (x,)), y)
 
+    # Outside vmap (the per-task loop), torch.autograd.grad does the same job with less
+    # overhead than torch.func.grad (~10% per task on a CPU, measured by
+    # benchmarks/speed_maml.py); under vmap only torch.func.grad applies.
+    batched = under_vmap(x)
     fast = params
     for _ in range(steps):
-        grads = grad(support_loss)(fast)
+        if batched:
+            grads = grad(support_loss)(fast)
+        else:
+            grads = _autograd_grads(support_loss, fast, create_graph=not first_order)
         fast = {
             k: w - _step(lr, k) * (grads[k].detach() if first_order else grads[k])
             for k, w in fast.items()
         }
     return fast
+
+
+def _autograd_grads(
+    loss_fn: Callable[[Params], Tensor], params: Params, *, create_graph: bool
+) -> Params:
+    """``torch.func.grad(loss_fn)(params)`` by reverse-mode autograd, also under ``no_grad``."""
+    with torch.enable_grad():
+        leaves = {
+            k: v if v.requires_grad else v.detach().requires_grad_() for k, v in params.items()
+        }
+        loss = loss_fn(leaves)
+        grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=create_graph)
+    return dict(zip(leaves, grads, strict=True))
 
 
 def _step(lr: float | Params, key: str) -> float | Tensor:
@@ -110,5 +132,5 @@ def _join(op: Callable[[list[Tensor]], Tensor], items: list[Any]) -> Any:
 
 def default_strategy(device: torch.device) -> str:
     """vmap on accelerators; a loop over tasks on a CPU, where batched convolutions lose to
-    plain ones (see benchmarks/results/maml_strategy.md for the measurement)."""
+    plain ones (2.5x on the 2-core CI machine; benchmarks/results/speed_maml.md)."""
     return "loop" if device.type == "cpu" else "vmap"
