@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mnemeta.errors import MnemetaError
 
-DEMO_STEPS = 8000  # ~75 s on 2 CPU cores (measured: 6,000 steps, 56 s for the whole demo)
+DEMO_STEPS = 8000  # 67 s for the whole demo on 2 CPU cores (benchmarks/results/maml_sinusoid.md)
 
 
 def main(argv: list[str] | None = None) -> int:
