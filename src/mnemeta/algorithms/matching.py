@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mnemeta.algorithms.protocol import Predictor, accuracy
+from mnemeta.algorithms.protocol import Predictor, accuracy, embed_tasks
 from mnemeta.episode import EpisodeBatch, Support
 
 # Probabilities are mixed, not logits, so the log needs a floor to stay finite when every
@@ -53,8 +53,7 @@ class MatchingNet(nn.Module):
             self.query_cell = nn.LSTMCell(2 * embedding_dim, embedding_dim)
 
     def embed(self, x: Tensor) -> Tensor:
-        t, n = x.shape[:2]
-        return self.encoder(x.reshape(t * n, *x.shape[2:])).reshape(t, n, -1)
+        return embed_tasks(self.encoder, x)
 
     def meta_loss(self, batch: EpisodeBatch) -> tuple[Tensor, dict[str, Tensor]]:
         n_s = batch.support_x.shape[1]

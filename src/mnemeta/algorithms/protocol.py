@@ -33,6 +33,12 @@ class MetaLearner(Protocol):
         ...
 
 
+def embed_tasks(encoder: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """``(tasks, n, *input_shape)`` -> ``(tasks, n, D)``: one encoder call for all tasks."""
+    t, n = x.shape[:2]
+    return encoder(x.reshape(t * n, *x.shape[2:])).reshape(t, n, -1)
+
+
 def accuracy(logits: Tensor, labels: Tensor) -> Tensor:
     """Fraction of correct argmax predictions per task: ``(tasks, Q, n_way)`` -> ``(tasks,)``."""
     return (logits.argmax(dim=-1) == labels).float().mean(dim=-1)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mnemeta.algorithms.protocol import Predictor, accuracy
+from mnemeta.algorithms.protocol import Predictor, accuracy, embed_tasks
 from mnemeta.episode import EpisodeBatch, Support
 
 
@@ -32,8 +32,7 @@ class ProtoNet(nn.Module):
 
     def embed(self, x: Tensor) -> Tensor:
         """``(tasks, n, *input_shape)`` -> ``(tasks, n, D)``, one encoder call for all tasks."""
-        t, n = x.shape[:2]
-        return self.encoder(x.reshape(t * n, *x.shape[2:])).reshape(t, n, -1)
+        return embed_tasks(self.encoder, x)
 
     def meta_loss(self, batch: EpisodeBatch) -> tuple[Tensor, dict[str, Tensor]]:
         # Support and query go through the encoder together: one batch, one set of BN statistics,
