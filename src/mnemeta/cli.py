@@ -96,6 +96,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/sinusoid", help="run directory (default: runs/sinusoid)")
     p.add_argument("--steps", type=int, default=70_000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the meta-loss (faster steps after ~15 s of compilation)",
+    )
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
     p.set_defaults(func=_demo)
     return parser
@@ -170,7 +175,9 @@ def _list(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from mnemeta.recipes.sinusoid import SinusoidSettings, run_sinusoid
 
-    settings = SinusoidSettings(steps=args.steps, seed=getattr(args, "seed", 0))
+    settings = SinusoidSettings(
+        steps=args.steps, seed=getattr(args, "seed", 0), compile=getattr(args, "compile", False)
+    )
     if args.command == "demo":
         print(
             f"mnemeta demo: MAML on sinusoid regression (Finn et al. 2017, §5.1), "
