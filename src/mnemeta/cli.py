@@ -103,12 +103,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
     p.set_defaults(func=_demo)
+
     return parser
 
 
 def _train(args: argparse.Namespace) -> int:
     from mnemeta.config import load_config
-    from mnemeta.recipes.meta_train import meta_train
 
     overrides = list(args.overrides)
     for flag, key in ((args.device, "device"), (args.out, "out_dir"), (args.data, "data.root")):
@@ -121,6 +121,15 @@ def _train(args: argparse.Namespace) -> int:
     resume = None
     if args.resume is not None:
         resume = args.resume or str(config.run_dir / "checkpoint.pt")
+    from mnemeta.recipes.sequence_train import SEQUENCE_ALGORITHMS, sequence_train
+
+    if config.model.algorithm in SEQUENCE_ALGORITHMS:
+        sequence_train(config, resume=resume, progress=args.progress)
+        print((config.run_dir / "result.md").read_text().strip())
+        print(f"results, checkpoint and curves: {config.run_dir}/")
+        return 0
+    from mnemeta.recipes.meta_train import meta_train
+
     summary = meta_train(config, resume=resume, progress=args.progress)
     test = summary["test"]
     print(
@@ -158,16 +167,25 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     from mnemeta.config import load_config, preset_names
     from mnemeta.recipes.build import ALGORITHMS, BACKBONES, DATASETS
+    from mnemeta.recipes.sequence_train import SEQUENCE_ALGORITHMS
 
     print("presets (mnemeta train NAME):")
     for name in preset_names():
         c = load_config(name)
+        if c.model.algorithm in SEQUENCE_ALGORITHMS:
+            task = (
+                f"copy, lengths {c.sequence.min_length}-{c.sequence.max_length}"
+                if c.data.dataset == "copy"
+                else f"{c.sequence.classes}-class episodes of {c.sequence.instances} each"
+            )
+        else:
+            task = f"test {c.eval.ways}-way {c.eval.shots}-shot"
         print(
-            f"  {name:34s} {c.model.algorithm:9s} {c.data.dataset:9s} "
-            f"test {c.eval.ways}-way {c.eval.shots}-shot, {c.train.steps} steps"
+            f"  {name:34s} {c.model.algorithm:11s} {c.data.dataset:9s} {task}, "
+            f"{c.train.steps} steps"
         )
-    print(f"datasets:   {', '.join(sorted(DATASETS))}")
-    print(f"algorithms: {', '.join(sorted(ALGORITHMS))}")
+    print(f"datasets:   {', '.join(sorted([*DATASETS, 'copy']))}")
+    print(f"algorithms: {', '.join(sorted([*ALGORITHMS, *SEQUENCE_ALGORITHMS]))}")
     print(f"backbones:  {', '.join(sorted(BACKBONES))}")
     return 0
 

@@ -38,7 +38,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    algorithm: str = "protonet"  # protonet | matching | maml | fomaml | metasgd | anil | reptile
+    # protonet | matching | maml | fomaml | metasgd | anil | reptile | ntm | mann | lstm
+    algorithm: str = "protonet"
     backbone: str = "conv4"
     hidden: int = 64  # channels of each Conv-4 block
     distance: str = "sqeuclidean"  # protonet: sqeuclidean (the paper's) | cosine
@@ -53,6 +54,29 @@ class ModelConfig:
     eval_inner_batch: int = 5  # reptile: the same at test time
     strategy: str = "auto"  # auto (vmap on GPU, loop on CPU) | vmap | loop
     task_chunk: int = 0  # tasks per vmap call; 0: the whole meta-batch
+    # --- memory-augmented networks (ntm, mann, lstm) ---
+    controller: int = 100  # LSTM units: Graves's copy task 100, Santoro's MANN 200
+    memory_rows: int = 128  # N, both papers
+    memory_width: int = 20  # W: copy task 20, MANN 40
+    read_heads: int = 1  # copy task 1, MANN 4
+    write_heads: int = 1  # NTM only; an LRUA head writes with its read key
+    shift_range: int = 1  # NTM location shifts -R..R; copying needs only +-1
+    usage_decay: float = 0.95  # LRUA's gamma
+    key_strength: bool = True  # LRUA: learn beta for the reads (False: the paper's beta = 1)
+    initial_strength: float = 10.0  # LRUA: beta at initialisation (softplus(0) = 0.69 trains slowly)
+    wipe_memory: bool = True  # MANN: wipe the memory between episodes (False: Santoro's no-wipe)
+
+
+@dataclass
+class SequenceConfig:
+    """The sequence tasks of the memory-augmented networks."""
+
+    bits: int = 8  # copy task: width of each random vector (Graves et al.: 8)
+    min_length: int = 1  # copy task: training lengths, uniform in [min, max]
+    max_length: int = 20
+    eval_max_length: int = 120  # copy task: test lengths up to this (10, 20, 30, 40, 50, 80, 120)
+    classes: int = 5  # one-shot episodes: classes per episode (Santoro et al.: 5 or 15)
+    instances: int = 10  # ... and drawings of each, so 50 steps an episode
 
 
 @dataclass
@@ -63,7 +87,7 @@ class TrainConfig:
     queries: int = 5
     meta_batch: int = 1  # episodes per optimiser step
     steps: int = 4000  # optimiser steps
-    optimizer: str = "adam"  # adam | sgd (Reptile's outer step is SGD on its surrogate)
+    optimizer: str = "adam"  # adam | sgd (Reptile's surrogate) | rmsprop (NTM/MANN papers)
     lr: float = 1e-3  # Adam, as in the paper
     lr_schedule: str = "step"  # step | linear (annealed to 0 at the last step, as Reptile)
     lr_decay: float = 0.5  # step: multiply the learning rate by this ...
@@ -95,6 +119,7 @@ class Config:
     out_dir: str = ""  # empty: runs/<name>
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    sequence: SequenceConfig = field(default_factory=SequenceConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 

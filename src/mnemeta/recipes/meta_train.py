@@ -45,6 +45,7 @@ RESUMABLE_CHANGES = (
     "train.eval_every",
     "train.checkpoint_every",
     "eval.",
+    "sequence.eval_max_length",
 )
 
 
@@ -246,7 +247,10 @@ def build_optimizer(config: Config, params: Iterator[torch.nn.Parameter]) -> tor
         return torch.optim.Adam(params, lr=tc.lr)
     if tc.optimizer == "sgd":
         return torch.optim.SGD(params, lr=tc.lr)
-    raise MnemetaError(f"train.optimizer={tc.optimizer!r} is unknown; choose adam or sgd")
+    if tc.optimizer == "rmsprop":
+        # Graves (2014) and Santoro et al. (2016): RMSProp with momentum 0.9, decay 0.95.
+        return torch.optim.RMSprop(params, lr=tc.lr, alpha=0.95, momentum=0.9)
+    raise MnemetaError(f"train.optimizer={tc.optimizer!r} is unknown; choose adam, sgd or rmsprop")
 
 
 def build_schedule(config: Config, optimizer: torch.optim.Optimizer) -> LRScheduler:

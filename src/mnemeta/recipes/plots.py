@@ -44,3 +44,73 @@ def plot_training_curves(rows: list[dict[str, Any]], path: Path, title: str) -> 
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_sequence_curves(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
+    """Loss and the task's metric (bits wrong per sequence, or accuracy at the 1st/2nd
+    presentation) against the number of training sequences."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    seen = [r["sequences"] for r in rows]
+    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax_loss.plot(seen, [r["loss"] for r in rows], color="tab:blue")
+    ax_loss.set(xlabel="training sequences", ylabel="training loss", yscale="log", title="loss")
+    if rows and "bits_wrong" in rows[0]:
+        ax_metric.plot(seen, [r["bits_wrong"] for r in rows], color="tab:blue")
+        ax_metric.set(ylabel="bits wrong per sequence", title="copy error", yscale="symlog")
+    else:
+        ax_metric.plot(seen, [100 * r.get("accuracy", 0) for r in rows], label="all steps")
+        ax_metric.plot(seen, [100 * r.get("accuracy_2nd", 0) for r in rows], label="2nd instance")
+        ax_metric.set(ylabel="training accuracy (%)", title="accuracy")
+        ax_metric.legend(loc="lower right")
+    ax_metric.set_xlabel("training sequences")
+    for ax in (ax_loss, ax_metric):
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_copy_weights(model: Any, task: Any, path: Path, length: int = 20, seed: int = 7) -> Path:
+    """Inputs, outputs and the NTM's write and read weights over one copy sequence (Graves et
+    al. 2014, Fig. 6): a sharp diagonal is the learned "write in order, read in order"."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from mnemeta.data.sequences import copy_batch
+
+    data = copy_batch(1, length, task.bits, generator=torch.Generator().manual_seed(seed))
+    trace: dict[str, list[torch.Tensor]] = {}
+    with torch.no_grad():
+        logits, _ = model(data.inputs.to(next(model.parameters()).device), trace=trace)
+    outputs = torch.sigmoid(logits[0]).cpu()
+    write = torch.stack(trace["write"])[:, 0, 0].cpu()  # (T, N), first write head
+    read = torch.stack(trace["read"])[:, 0, 0].cpu()
+    used = int(max(write.argmax(-1).max(), read.argmax(-1).max())) + 4
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6), sharex=True)
+    panels = [
+        (data.inputs[0].T, "inputs"),
+        (outputs.T, "outputs"),
+        (write[:, :used].T, "write weights"),
+        (read[:, :used].T, "read weights"),
+    ]
+    for ax, (image, name) in zip(axes.T.flatten(), panels, strict=True):
+        ax.imshow(image.numpy(), aspect="auto", cmap="gray_r", interpolation="nearest")
+        ax.set(title=name, ylabel="memory row" if "weights" in name else "channel")
+    for ax in axes[-1]:
+        ax.set_xlabel("time step")
+    fig.suptitle(f"NTM copy, one sequence of length {length}")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

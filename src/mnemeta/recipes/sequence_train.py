@@ -1,0 +1,411 @@
+"""Training memory-augmented networks on sequences: the NTM copy task and Santoro's one-shot
+Omniglot episodes. Its own loop (the episodic recipe's learners see sets, these see sequences).
+
+build (task, network, optimiser) -> loop: sample a batch of sequences -> forward over time ->
+loss -> backward -> clip -> step -> log, checkpoint -> final evaluation, report and plots.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from mnemeta.algorithms.mann import MemoryAugmentedNetwork, RecurrentState
+from mnemeta.checkpoint import (
+    atomic_write_text,
+    checkpoint_config,
+    load_checkpoint,
+    save_checkpoint,
+)
+from mnemeta.config import Config
+from mnemeta.data.sequences import CopySampler, OneShotSequenceSampler, copy_batch
+from mnemeta.errors import MnemetaError
+from mnemeta.recipes.build import build_splits, pick_device
+from mnemeta.recipes.evaluate import mean_ci95
+from mnemeta.recipes.logging import MetricsLog
+from mnemeta.recipes.meta_train import (
+    _check_resumable,
+    _device_name,
+    _split,
+    build_optimizer,
+    build_schedule,
+)
+
+#: model.algorithm -> the memory of :class:`MemoryAugmentedNetwork`.
+SEQUENCE_ALGORITHMS = {"ntm": "ntm", "mann": "lrua", "lstm": "none"}
+#: Lengths the copy task is evaluated on: within training (<= 20) and beyond (generalisation).
+COPY_EVAL_LENGTHS = (10, 20, 30, 40, 50, 80, 120)
+#: Presentations of a class reported for one-shot episodes (Santoro et al., Table 1).
+INSTANCES_REPORTED = (1, 2, 3, 4, 5, 10)
+
+
+class SequenceTask(Protocol):
+    inputs: int
+    outputs: int
+
+    def train_loss(
+        self, model: MemoryAugmentedNetwork, batch: int, carry: RecurrentState | None
+    ) -> tuple[Tensor, dict[str, Tensor], RecurrentState]: ...
+
+    def evaluate(self, model: MemoryAugmentedNetwork) -> dict[str, Any]: ...
+
+    def get_state(self) -> Tensor: ...
+
+    def set_state(self, state: Tensor) -> None: ...
+
+
+class CopyTask:
+    """Graves et al. (2014, §4.1): metric is bits wrong per sequence (outputs thresholded at
+    0.5), the paper's "cost per sequence" axis is the same sum in bits of cross-entropy."""
+
+    def __init__(self, config: Config, device: torch.device) -> None:
+        sc = config.sequence
+        self.sampler = CopySampler(
+            bits=sc.bits, min_length=sc.min_length, max_length=sc.max_length, seed=config.seed
+        )
+        self.bits, self.device = sc.bits, device
+        self.max_length, self.eval_seed = sc.max_length, config.eval.seed
+        self.eval_lengths = [n for n in COPY_EVAL_LENGTHS if n <= sc.eval_max_length]
+        self.eval_per_length = max(1, config.eval.episodes // 10)
+        self.inputs, self.outputs = sc.bits + 1, sc.bits
+
+    def train_loss(
+        self, model: MemoryAugmentedNetwork, batch: int, carry: RecurrentState | None
+    ) -> tuple[Tensor, dict[str, Tensor], RecurrentState]:
+        data = self.sampler.sample(batch)
+        loss, errors, state = self._run(model, data.inputs, data.targets)
+        return loss, {"loss": loss.detach(), "bits_wrong": errors.mean()}, state
+
+    def _run(
+        self, model: MemoryAugmentedNetwork, inputs: Tensor, targets: Tensor
+    ) -> tuple[Tensor, Tensor, RecurrentState]:
+        inputs, targets = inputs.to(self.device), targets.to(self.device)
+        logits, state = model(inputs)
+        out = logits[:, -targets.shape[1] :]
+        loss = nn.functional.binary_cross_entropy_with_logits(out, targets)
+        errors = ((out > 0).float() != targets).float().sum(dim=(1, 2))  # per sequence
+        return loss, errors.detach(), state
+
+    @torch.no_grad()
+    def evaluate(self, model: MemoryAugmentedNetwork) -> dict[str, Any]:
+        generator = torch.Generator().manual_seed(self.eval_seed)
+        n = self.eval_per_length
+
+        def errors_at(length: int) -> Tensor:
+            data = copy_batch(n, length, self.bits, generator=generator)
+            return self._run(model, data.inputs, data.targets)[1].cpu()
+
+        within = torch.stack([errors_at(length) for length in range(1, self.max_length + 1)])
+        mean, ci = mean_ci95(within.mean(dim=0))
+        per_length = {}
+        for length in self.eval_lengths:
+            m, c = mean_ci95(errors_at(length))
+            per_length[str(length)] = {"bits_wrong": m, "ci95": c}
+        return {
+            "task": "copy",
+            "sequences_per_length": n,
+            "bits_wrong_lengths_1_to_max": {"mean": mean, "ci95": ci, "max": self.max_length},
+            "bits_wrong_by_length": per_length,
+        }
+
+    def get_state(self) -> Tensor:
+        return self.sampler.get_state()
+
+    def set_state(self, state: Tensor) -> None:
+        self.sampler.set_state(state)
+
+
+class OneShotTask:
+    """Santoro et al. (2016, §4.1): a sequence of ``classes × instances`` images; at step t the
+    input is the image and the label of step t − 1; the loss is cross-entropy at every step."""
+
+    def __init__(self, config: Config, device: torch.device, *, progress: bool) -> None:
+        sc, ec = config.sequence, config.eval
+        splits = build_splits(config.data, progress=progress)
+        train = _split(splits, config.train.split, "train.split")
+        self.sampler = OneShotSequenceSampler(
+            train, classes=sc.classes, instances=sc.instances, seed=config.seed, device=device
+        )
+        self.test = OneShotSequenceSampler(
+            _split(splits, ec.split, "eval.split"),
+            classes=sc.classes,
+            instances=sc.instances,
+            device=device,
+        )
+        self.classes, self.instances = sc.classes, sc.instances
+        self.wipe = config.model.wipe_memory
+        self.eval_episodes, self.eval_seed, self.eval_batch = ec.episodes, ec.seed, ec.batch_size
+        self.inputs = train.images[0, 0].numel() + sc.classes
+        self.outputs = sc.classes
+
+    def train_loss(
+        self, model: MemoryAugmentedNetwork, batch: int, carry: RecurrentState | None
+    ) -> tuple[Tensor, dict[str, Tensor], RecurrentState]:
+        data = self.sampler.sample(batch)
+        logits, state = model(data.inputs(self.classes), self._start(model, carry, batch))
+        loss = nn.functional.cross_entropy(logits.flatten(0, 1), data.labels.flatten())
+        correct = (logits.argmax(-1) == data.labels).float()
+        second = (correct * (data.instance == 2)).sum() / (data.instance == 2).sum()
+        return (
+            loss,
+            {"loss": loss.detach(), "accuracy": correct.mean(), "accuracy_2nd": second},
+            state,
+        )
+
+    def _start(
+        self, model: MemoryAugmentedNetwork, carry: RecurrentState | None, batch: int
+    ) -> RecurrentState | None:
+        """Wiped memory (None), or, for the no-wipe variant, a fresh controller over the memory
+        the previous episodes left (detached: no gradient across episodes)."""
+        if self.wipe or carry is None or carry.hidden.shape[0] != batch:
+            return None
+        fresh = model.initial_state(batch, carry.hidden.device, carry.hidden.dtype)
+        memory = type(carry.memory)(*(t.detach() for t in carry.memory))
+        return fresh._replace(memory=memory)
+
+    @torch.no_grad()
+    def evaluate(self, model: MemoryAugmentedNetwork) -> dict[str, Any]:
+        per_episode = []  # (episodes, instances): accuracy at each presentation, per episode
+        carry = None
+        for data in self.test.fixed_episodes(self.eval_episodes, self.eval_seed, self.eval_batch):
+            logits, carry = model(
+                data.inputs(self.classes), self._start(model, carry, data.labels.shape[0])
+            )
+            correct = (logits.argmax(-1) == data.labels).float()
+            at = torch.nn.functional.one_hot(data.instance - 1, self.instances).float()
+            per_episode.append(((correct.unsqueeze(-1) * at).sum(1) / at.sum(1)).cpu())
+        table = 100 * torch.cat(per_episode)  # percent
+        instances = {}
+        for i in INSTANCES_REPORTED:
+            if i <= self.instances:
+                m, c = mean_ci95(table[:, i - 1])
+                instances[str(i)] = {"accuracy": m, "ci95": c}
+        return {
+            "task": "one-shot episodes",
+            "classes": self.classes,
+            "instances": self.instances,
+            "episodes": int(table.shape[0]),
+            "wipe_memory": self.wipe,
+            "accuracy_by_instance": instances,
+        }
+
+    def get_state(self) -> Tensor:
+        return self.sampler.get_state()
+
+    def set_state(self, state: Tensor) -> None:
+        self.sampler.set_state(state)
+
+
+def build_network(config: Config, inputs: int, outputs: int) -> MemoryAugmentedNetwork:
+    mc = config.model
+    return MemoryAugmentedNetwork(
+        inputs,
+        outputs,
+        controller=mc.controller,
+        memory=SEQUENCE_ALGORITHMS[mc.algorithm],
+        rows=mc.memory_rows,
+        width=mc.memory_width,
+        read_heads=mc.read_heads,
+        write_heads=mc.write_heads,
+        shift_range=mc.shift_range,
+        usage_decay=mc.usage_decay,
+        key_strength=mc.key_strength,
+        initial_strength=mc.initial_strength,
+    )
+
+
+def build_task(config: Config, device: torch.device, *, progress: bool) -> SequenceTask:
+    if config.data.dataset == "copy":
+        return CopyTask(config, device)
+    return OneShotTask(config, device, progress=progress)
+
+
+def sequence_train(
+    config: Config, *, resume: str | None = None, progress: bool | None = None
+) -> dict[str, Any]:
+    """Train an ``ntm`` / ``mann`` / ``lstm`` config; returns the summary in ``result.json``."""
+    t_start = time.perf_counter()
+    tc = config.train
+    if config.model.algorithm not in SEQUENCE_ALGORITHMS:
+        raise MnemetaError(f"{config.model.algorithm!r} is not a sequence model")
+    device = pick_device(config.device)
+    run_dir = config.run_dir
+    show = sys.stderr.isatty() if progress is None else progress
+
+    # ---- build ----
+    torch.manual_seed(config.seed)
+    task = build_task(config, device, progress=show)
+    model = build_network(config, task.inputs, task.outputs).to(device)
+    optimizer = build_optimizer(config, model.parameters())
+    scheduler = build_schedule(config, optimizer)
+    running: dict[str, Tensor] = {}
+    count = 0
+    start = 0
+    carry: RecurrentState | None = None
+    if resume is not None:
+        state = load_checkpoint(resume)
+        _check_resumable(checkpoint_config(state), config, resume)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        task.set_state(state["rng"]["task"])
+        torch.set_rng_state(state["rng"]["torch"])
+        running = {k: v.to(device) for k, v in state["running"].items()}
+        count = int(state["count"])
+        start = int(state["step"])
+        if state.get("carry") is not None:
+            carry = _carry_from_tensors(model, state["carry"], device)
+        if start >= tc.steps:
+            raise MnemetaError(
+                f"{resume} is already at step {start} of {tc.steps}; raise train.steps with "
+                "--set to train further"
+            )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+    log = MetricsLog(run_dir, resume_step=start if resume is not None else None)
+
+    def checkpoint(step: int) -> None:
+        keep = None
+        if carry is not None and not config.model.wipe_memory:
+            keep = [t.detach().cpu() for t in carry.memory]
+        save_checkpoint(
+            run_dir / "checkpoint.pt",
+            {
+                "config": config.to_json(),
+                "step": step,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": {"torch": torch.get_rng_state(), "task": task.get_state()},
+                "running": {k: v.cpu() for k, v in running.items()},
+                "count": count,
+                "carry": keep,
+            },
+        )
+
+    # ---- the loop ----
+    model.train()
+    t_loop = time.perf_counter()
+    bar = tqdm(
+        range(start, tc.steps), initial=start, total=tc.steps, disable=not show, desc=config.name
+    )
+    try:
+        for step in bar:
+            loss, metrics, carry = task.train_loss(model, tc.meta_batch, carry)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if tc.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            for k, v in metrics.items():
+                running[k] = running.get(k, torch.zeros((), device=device)) + v.detach()
+            count += 1
+            done = step + 1
+            if done % tc.log_every == 0 or done == tc.steps:
+                row: dict[str, Any] = {"step": done, "sequences": done * tc.meta_batch}
+                row.update({k: float(v) / count for k, v in running.items()})
+                row["seconds"] = round(time.perf_counter() - t_loop, 2)
+                running, count = {}, 0
+                log.log(row)
+                summary_line = "  ".join(
+                    f"{k} {row[k]:.4g}" for k in ("loss", "bits_wrong", "accuracy_2nd") if k in row
+                )
+                bar.set_postfix_str(summary_line)
+                if not show:
+                    print(
+                        f"step {done}/{tc.steps}  {summary_line}  {row['seconds']:.0f}s", flush=True
+                    )
+            if done % tc.checkpoint_every == 0 or done == tc.steps:
+                checkpoint(done)
+    except KeyboardInterrupt:
+        bar.close()
+        log.close()
+        raise MnemetaError(
+            "interrupted; resume from the last checkpoint with --resume "
+            f"{run_dir / 'checkpoint.pt'}"
+        ) from None
+    bar.close()
+    t_train = time.perf_counter() - t_loop
+
+    # ---- final evaluation, report, plots ----
+    model.eval()
+    t_eval0 = time.perf_counter()
+    report = task.evaluate(model)
+    t_eval = time.perf_counter() - t_eval0
+    log.close()
+    summary = {
+        "name": config.name,
+        "algorithm": config.model.algorithm,
+        "steps": tc.steps,
+        "sequences": tc.steps * tc.meta_batch,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "device": str(device),
+        "device_name": _device_name(device),
+        "test": report,
+        "seconds": {
+            "train": round(t_train, 1),
+            "evaluate": round(t_eval, 1),
+            "total": round(time.perf_counter() - t_start, 1),
+        },
+        "resumed_from_step": start if resume is not None else None,
+    }
+    atomic_write_text(run_dir / "result.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(run_dir / "result.md", _markdown(summary) + "\n")
+    from mnemeta.recipes.plots import plot_copy_weights, plot_sequence_curves
+
+    plot_sequence_curves(log.rows, run_dir / "curves.png", title=config.name)
+    if isinstance(task, CopyTask) and config.model.algorithm == "ntm":
+        plot_copy_weights(model, task, run_dir / "copy_weights.png")
+    return summary
+
+
+def _carry_from_tensors(
+    model: MemoryAugmentedNetwork, tensors: list[Tensor], device: torch.device
+) -> RecurrentState:
+    fresh = model.initial_state(tensors[0].shape[0], device, tensors[0].dtype)
+    memory = type(fresh.memory)(*(t.to(device) for t in tensors))
+    return fresh._replace(memory=memory)
+
+
+def _markdown(summary: dict[str, Any]) -> str:
+    test = summary["test"]
+    lines = [f"# {summary['name']}", ""]
+    if test["task"] == "copy":
+        within = test["bits_wrong_lengths_1_to_max"]
+        lines.append(
+            f"bits wrong per sequence, lengths 1-{within['max']}: {within['mean']:.3f} ± "
+            f"{within['ci95']:.3f} ({test['sequences_per_length']} sequences per length)"
+        )
+        lines += ["", "| length | bits wrong per sequence |", "|---|---|"]
+        for length, v in test["bits_wrong_by_length"].items():
+            lines.append(f"| {length} | {v['bits_wrong']:.2f} ± {v['ci95']:.2f} |")
+    else:
+        header = " | ".join(f"{i}{_ordinal(int(i))}" for i in test["accuracy_by_instance"])
+        cells = " | ".join(
+            f"{v['accuracy']:.1f} ± {v['ci95']:.1f}" for v in test["accuracy_by_instance"].values()
+        )
+        lines += [
+            f"{test['classes']}-class episodes, {test['episodes']} test episodes, accuracy (%) "
+            "by presentation of a class",
+            "",
+            f"| model | {header} |",
+            "|---" * (len(test["accuracy_by_instance"]) + 1) + "|",
+            f"| {summary['algorithm']} | {cells} |",
+        ]
+    lines += [
+        "",
+        f"{summary['steps']} steps ({summary['sequences']} sequences), "
+        f"{summary['seconds']['train']:.0f} s training on {summary['device_name']}",
+    ]
+    return "\n".join(lines)
+
+
+def _ordinal(n: int) -> str:
+    return {1: "st", 2: "nd", 3: "rd"}.get(n if n < 20 else n % 10, "th")

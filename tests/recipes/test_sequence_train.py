@@ -1,0 +1,116 @@
+"""The sequence recipe (NTM copy, MANN one-shot): outputs, exact resume, the CLI path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from mnemeta.checkpoint import load_checkpoint
+from mnemeta.cli import main
+from mnemeta.config import Config, load_config
+from mnemeta.recipes.sequence_train import sequence_train
+
+COPY = [
+    "model.controller=16",
+    "model.memory_rows=24",
+    "model.memory_width=6",
+    "sequence.max_length=4",
+    "sequence.eval_max_length=20",
+    "train.log_every=1",
+    "train.checkpoint_every=3",
+    "eval.episodes=20",
+]
+ONE_SHOT = [
+    "data.dataset=glyphs",
+    "data.image_size=12",
+    "model.controller=16",
+    "model.memory_rows=16",
+    "model.memory_width=6",
+    "model.read_heads=2",
+    "sequence.classes=3",
+    "sequence.instances=4",
+    "train.meta_batch=4",
+    "train.log_every=1",
+    "train.checkpoint_every=3",
+    "eval.episodes=12",
+    "eval.batch_size=5",
+]
+
+
+def copy_config(out: Path, *extra: str) -> Config:
+    return load_config("ntm_copy", [*COPY, f"out_dir={out}", *extra])
+
+
+def one_shot_config(out: Path, *extra: str) -> Config:
+    return load_config("mann_omniglot_5class", [*ONE_SHOT, f"out_dir={out}", *extra])
+
+
+def _losses(run_dir: Path) -> list[float]:
+    return [
+        json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+    ]
+
+
+def test_copy_run_writes_report_and_plots(tmp_path: Path) -> None:
+    summary = sequence_train(copy_config(tmp_path, "train.steps=3"), progress=False)
+    for name in (
+        "checkpoint.pt",
+        "metrics.csv",
+        "result.json",
+        "result.md",
+        "curves.png",
+        "copy_weights.png",
+    ):
+        assert (tmp_path / name).is_file(), name
+    by_length = summary["test"]["bits_wrong_by_length"]
+    assert set(by_length) == {"10", "20"}
+    assert 0 <= by_length["10"]["bits_wrong"] <= 80
+    assert "bits wrong per sequence, lengths 1-4" in (tmp_path / "result.md").read_text()
+
+
+@pytest.mark.parametrize("make", [copy_config, one_shot_config])
+def test_resume_is_exact(tmp_path: Path, make) -> None:  # type: ignore[no-untyped-def]
+    sequence_train(make(tmp_path / "whole", "train.steps=6"), progress=False)
+    sequence_train(make(tmp_path / "split", "train.steps=3"), progress=False)
+    sequence_train(
+        make(tmp_path / "split", "train.steps=6"),
+        resume=str(tmp_path / "split" / "checkpoint.pt"),
+        progress=False,
+    )
+    assert _losses(tmp_path / "whole") == _losses(tmp_path / "split")
+    a = load_checkpoint(tmp_path / "whole" / "checkpoint.pt")["model"]
+    b = load_checkpoint(tmp_path / "split" / "checkpoint.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_one_shot_report_and_no_wipe_resume(tmp_path: Path) -> None:
+    summary = sequence_train(one_shot_config(tmp_path / "w", "train.steps=2"), progress=False)
+    by_instance = summary["test"]["accuracy_by_instance"]
+    assert list(by_instance) == ["1", "2", "3", "4"]
+    assert summary["test"]["episodes"] == 12
+    assert all(0 <= v["accuracy"] <= 100 for v in by_instance.values())
+    # the no-wipe variant carries the memory through the checkpoint: resume is still exact
+    nowipe = ("model.wipe_memory=false",)
+    sequence_train(one_shot_config(tmp_path / "a", "train.steps=6", *nowipe), progress=False)
+    sequence_train(one_shot_config(tmp_path / "b", "train.steps=3", *nowipe), progress=False)
+    assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["carry"] is not None
+    sequence_train(
+        one_shot_config(tmp_path / "b", "train.steps=6", *nowipe),
+        resume=str(tmp_path / "b" / "checkpoint.pt"),
+        progress=False,
+    )
+    assert _losses(tmp_path / "a") == _losses(tmp_path / "b")
+
+
+def test_cli_trains_a_sequence_preset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["train", "lstm_copy", "--out", str(tmp_path), "--no-progress", "--device", "cpu"]
+    for item in [*COPY, "train.steps=2"]:
+        args += ["--set", item]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "bits wrong per sequence" in out and str(tmp_path) in out
+    assert main(["train", "ntm_copy", "--set", "sequence.min_length=0"]) == 2
+    assert "min_length" in capsys.readouterr().err
