@@ -104,6 +104,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
     p.set_defaults(func=_demo)
 
+    from mnemeta.cli_memory import add_memory_parser
+
+    add_memory_parser(sub)
     return parser
 
 

@@ -152,6 +152,7 @@ class MemoryAugmentedNetwork(nn.Module):
             return self.output(h), RecurrentState(h, c, state.reads, None)
         batch = x.shape[0]
         raw = self.heads(h)
+        memory: ntm.NTMState | lrua.LRUAState
         if self.memory_kind == "ntm":
             reads, memory, w_read, w_write = self._ntm_step(state.memory, raw, batch)
         else:

@@ -1,0 +1,15 @@
+"""The persistent task memory: past tasks with their embeddings, adapted weights and metrics.
+
+    from mnemeta.store import TaskMemory
+    with TaskMemory("runs/memory", dim=256) as mem:
+        rid = mem.add(embedding, params={"head.weight": w}, info={"dataset": "omniglot"})
+        hits = mem.search(query, k=5)          # [Hit(id, similarity, info, metrics), ...]
+        weights = mem.params(hits[0].id)
+
+A layer below the algorithms: it knows tensors, files and indexes, nothing of learners.
+"""
+
+from mnemeta.store.index import KINDS as INDEX_KINDS
+from mnemeta.store.task_memory import Hit, RecordNotFound, TaskMemory, TaskRecord
+
+__all__ = ["INDEX_KINDS", "Hit", "RecordNotFound", "TaskMemory", "TaskRecord"]
