@@ -76,6 +76,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device")
     p.add_argument("--data", help="dataset root folder, if it moved since training")
     p.add_argument("--out", help="write the result JSON here (default: beside the checkpoint)")
+    p.add_argument(
+        "--memory",
+        metavar="PATH",
+        help="adapt with, and write each episode to, the task memory at PATH (MAML family)",
+    )
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("list", help="list presets, datasets and algorithms")
@@ -145,20 +150,36 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from mnemeta.recipes.evaluate_checkpoint import evaluate_checkpoint
+    if args.memory:
+        from mnemeta.recipes.evaluate_with_memory import evaluate_with_memory
 
-    result, out = evaluate_checkpoint(
-        args.checkpoint,
-        episodes=args.episodes,
-        ways=args.ways,
-        shots=args.shots,
-        queries=args.queries,
-        split=args.split,
-        seed=args.seed,
-        device=args.device,
-        data_root=args.data,
-        out=args.out,
-    )
+        result, out = evaluate_with_memory(
+            args.checkpoint,
+            args.memory,
+            episodes=args.episodes,
+            shots=args.shots,
+            queries=args.queries,
+            split=args.split,
+            seed=args.seed,
+            device=args.device,
+            data_root=args.data,
+            out=args.out,
+        )
+    else:
+        from mnemeta.recipes.evaluate_checkpoint import evaluate_checkpoint
+
+        result, out = evaluate_checkpoint(
+            args.checkpoint,
+            episodes=args.episodes,
+            ways=args.ways,
+            shots=args.shots,
+            queries=args.queries,
+            split=args.split,
+            seed=args.seed,
+            device=args.device,
+            data_root=args.data,
+            out=args.out,
+        )
     print(
         f"{result.ways}-way {result.shots}-shot {result.split}: {result.mean:.2f} ± "
         f"{result.ci95:.2f}% over {result.episodes} episodes"

@@ -38,7 +38,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    # protonet | matching | maml | fomaml | metasgd | anil | reptile | ntm | mann | lstm
+    # protonet | matching | meta_memory | maml | fomaml | metasgd | anil | reptile |
+    # ntm | mann | lstm (sequence models, recipes/sequence_train.py)
     algorithm: str = "protonet"
     backbone: str = "conv4"
     hidden: int = 64  # channels of each Conv-4 block
@@ -54,6 +55,7 @@ class ModelConfig:
     eval_inner_batch: int = 5  # reptile: the same at test time
     strategy: str = "auto"  # auto (vmap on GPU, loop on CPU) | vmap | loop
     task_chunk: int = 0  # tasks per vmap call; 0: the whole meta-batch
+    hops: int = 2  # meta_memory: reasoning hops of attention over the support memory
     # --- memory-augmented networks (ntm, mann, lstm) ---
     controller: int = 100  # LSTM units: Graves's copy task 100, Santoro's MANN 200
     memory_rows: int = 128  # N, both papers
@@ -63,7 +65,9 @@ class ModelConfig:
     shift_range: int = 1  # NTM location shifts -R..R; copying needs only +-1
     usage_decay: float = 0.95  # LRUA's gamma
     key_strength: bool = True  # LRUA: learn beta for the reads (False: the paper's beta = 1)
-    initial_strength: float = 10.0  # LRUA: beta at initialisation (softplus(0) = 0.69 trains slowly)
+    initial_strength: float = (
+        10.0  # LRUA: beta at initialisation (softplus(0) = 0.69 trains slowly)
+    )
     wipe_memory: bool = True  # MANN: wipe the memory between episodes (False: Santoro's no-wipe)
 
 

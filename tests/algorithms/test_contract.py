@@ -15,6 +15,7 @@ from torch import nn
 
 from mnemeta.algorithms import MatchingNet, MetaLearner, ProtoNet
 from mnemeta.algorithms.maml import MAML, Classifier
+from mnemeta.algorithms.meta_memory import MetaMemoryNet
 from mnemeta.algorithms.reptile import Reptile
 from mnemeta.data.glyphs import make_glyphs
 from mnemeta.data.sampler import EpisodeSampler
@@ -36,6 +37,8 @@ LEARNERS: dict[str, Callable[[], nn.Module]] = {
     "reptile": lambda: Reptile(
         _net(), inner_steps=2, eval_inner_steps=3, inner_batch=6, eval_inner_batch=6
     ),
+    "meta_memory": lambda: MetaMemoryNet(Conv4(1, 8), 8, hops=2, inner_steps=2, eval_inner_steps=3),
+    "meta_memory-first-order": lambda: MetaMemoryNet(Conv4(1, 8), 8, hops=1, first_order=True),
 }
 
 

@@ -126,7 +126,7 @@ def test_anil_adapts_only_the_head() -> None:
     torch.manual_seed(0)
     model = Classifier(nn.Sequential(nn.Linear(4, 6), nn.ReLU()), 6, 2).double()
     learner = MAML(model, inner_lr=0.5, adapt=("head.",))
-    params, fixed = learner._split_params()
+    params, fixed = learner.split_params()
     assert set(params) == {"head.weight", "head.bias"}
     assert {"encoder.0.weight", "encoder.0.bias"} <= set(fixed)
     with pytest.raises(ValueError, match="no parameter"):

@@ -14,7 +14,7 @@ a CPU, where vmap's batched convolutions lose to plain ones). Both give the same
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -34,6 +34,18 @@ def mse(prediction: Tensor, y: Tensor) -> Tensor:
     return nn.functional.mse_loss(prediction, y)
 
 
+class MemoryPull(NamedTuple):
+    """The memory-weighted term of an inner step, ``β Σᵢ ωᵢ (θᵢ − θ)``.
+
+    With weights ``ωᵢ = softmax(similarityᵢ / τ)`` over retrieved tasks, which sum to one, the
+    term equals ``β (θ̄ − θ)`` with ``θ̄ = Σᵢ ωᵢ θᵢ``; ``anchor`` holds ``θ̄``. Tensors of the
+    adapted ``params`` missing from ``anchor`` are not pulled.
+    """
+
+    anchor: Params
+    beta: float
+
+
 def inner_adapt(
     model: nn.Module,
     params: Params,
@@ -45,6 +57,7 @@ def inner_adapt(
     steps: int,
     lr: float | Params,
     first_order: bool,
+    pull: MemoryPull | None = None,
 ) -> Params:
     """``steps`` SGD steps on ``params`` for one task's support ``(x, y)``.
 
@@ -54,6 +67,8 @@ def inner_adapt(
         fixed: everything else the model needs (the body for ANIL, buffers).
         lr: one step size, or one per tensor of ``params`` (Meta-SGD's learned α, same shapes).
         first_order: detach the inner gradient, so the meta-gradient ignores second-order terms.
+        pull: a memory of past tasks pulling the fast weights towards their adapted weights:
+            each step is ``θ ← θ − α∇L(θ) + β Σᵢ ωᵢ (θᵢ − θ)``, both terms taken at the same θ.
 
     Returns the fast weights, ``params`` after the steps (a new dict; nothing is mutated).
     """
@@ -71,10 +86,16 @@ def inner_adapt(
             grads = grad(support_loss)(fast)
         else:
             grads = _autograd_grads(support_loss, fast, create_graph=not first_order)
-        fast = {
+        stepped = {
             k: w - _step(lr, k) * (grads[k].detach() if first_order else grads[k])
             for k, w in fast.items()
         }
+        if pull is not None:
+            stepped = {
+                k: w + pull.beta * (pull.anchor[k] - fast[k]) if k in pull.anchor else w
+                for k, w in stepped.items()
+            }
+        fast = stepped
     return fast
 
 

@@ -104,7 +104,7 @@ class MAML(nn.Module):
             batch.query_x,
             batch.query_y,
             steps=self.inner_steps,
-            lr=self._lr(training=True),
+            lr=self.inner_step_sizes(training=True),
         )
         loss = losses.mean()
         metrics = {"loss": loss.detach()}
@@ -119,8 +119,8 @@ class MAML(nn.Module):
         ``torch.func.grad`` ignores an outer ``no_grad``, and nothing here touches the
         meta-parameters.
         """
-        lr = self._lr(training=False)
-        params, fixed = self._split_params()
+        lr = self.inner_step_sizes(training=False)
+        params, fixed = self.split_params()
         strategy = self._strategy(support.x.device)
 
         def adapt_one(x: Tensor, y: Tensor) -> Params:
@@ -130,7 +130,7 @@ class MAML(nn.Module):
                 fixed,
                 x,
                 y,
-                loss_fn=self._loss_fn,
+                loss_fn=self.loss_fn,
                 steps=self.eval_inner_steps,
                 lr=lr,
                 first_order=True,
@@ -153,7 +153,7 @@ class MAML(nn.Module):
     def _query_losses(
         self, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor, *, steps: int, lr: float | Params
     ) -> tuple[Tensor, Tensor]:
-        params, fixed = self._split_params()
+        params, fixed = self.split_params()
 
         def one(x: Tensor, y: Tensor, q_x: Tensor, q_y: Tensor) -> tuple[Tensor, Tensor]:
             fast = inner_adapt(
@@ -162,19 +162,20 @@ class MAML(nn.Module):
                 fixed,
                 x,
                 y,
-                loss_fn=self._loss_fn,
+                loss_fn=self.loss_fn,
                 steps=steps,
                 lr=lr,
                 first_order=self.first_order,
             )
             out = functional_call(self.model, {**fixed, **fast}, (q_x,))
-            return self._loss_fn(out, q_y), out
+            return self.loss_fn(out, q_y), out
 
         return over_tasks(
             one, (sx, sy, qx, qy), strategy=self._strategy(sx.device), chunk=self.task_chunk
         )
 
-    def _split_params(self) -> tuple[Params, Params]:
+    def split_params(self) -> tuple[Params, Params]:
+        """(the weights adapted in the inner loop, everything else the model needs)."""
         adapted: Params = {}
         fixed: Params = dict(self.model.named_buffers())
         for name, p in self.model.named_parameters():
@@ -184,7 +185,8 @@ class MAML(nn.Module):
     def _adapted(self, name: str) -> bool:
         return self.adapt_prefixes is None or name.startswith(self.adapt_prefixes)
 
-    def _lr(self, *, training: bool) -> float | Params:
+    def inner_step_sizes(self, *, training: bool) -> float | Params:
+        """α: one number, or (Meta-SGD) a learned tensor per adapted weight."""
         if self.learn_inner_lr:
             return {
                 n: self.inner_lrs[_key(n)]
@@ -197,7 +199,7 @@ class MAML(nn.Module):
         return default_strategy(device) if self.strategy == "auto" else self.strategy
 
     @property
-    def _loss_fn(self) -> LossFn:
+    def loss_fn(self) -> LossFn:
         return cross_entropy if self.task == "classification" else mse
 
 

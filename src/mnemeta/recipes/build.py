@@ -14,6 +14,7 @@ from torch import nn
 
 from mnemeta.algorithms import MatchingNet, ProtoNet
 from mnemeta.algorithms.maml import MAML, Classifier
+from mnemeta.algorithms.meta_memory import MetaMemoryNet
 from mnemeta.algorithms.reptile import Reptile
 from mnemeta.config import DataConfig, ModelConfig
 from mnemeta.data.classes import ClassImages
@@ -24,7 +25,7 @@ from mnemeta.nn import Conv4
 T = TypeVar("T")
 
 #: The learners the CLI can build: nn.Modules that satisfy the MetaLearner protocol.
-Learner = ProtoNet | MatchingNet | MAML | Reptile
+Learner = ProtoNet | MatchingNet | MAML | Reptile | MetaMemoryNet
 
 
 def _omniglot(cfg: DataConfig, progress: bool) -> dict[str, ClassImages]:
@@ -110,6 +111,20 @@ def _reptile(cfg: ModelConfig, in_channels: int, n_way: int, image_size: int) ->
     )
 
 
+def _meta_memory(cfg: ModelConfig, in_channels: int, n_way: int, image_size: int) -> Learner:
+    # Any n_way (the output layer is built from the memory per episode); BN keeps running
+    # statistics for evaluation, as for the metric learners.
+    encoder = _lookup(BACKBONES, cfg.backbone, "model.backbone")(cfg, in_channels, False)
+    return MetaMemoryNet(
+        encoder,
+        cfg.hidden * (image_size // 16) ** 2,
+        hops=cfg.hops,
+        inner_lr=cfg.inner_lr,
+        inner_steps=cfg.inner_steps,
+        eval_inner_steps=cfg.eval_inner_steps or None,
+    )
+
+
 def _metric(build: Callable[[ModelConfig, int], Learner]) -> Callable[..., Learner]:
     return lambda cfg, in_channels, n_way, image_size: build(cfg, in_channels)
 
@@ -123,6 +138,7 @@ ALGORITHMS: dict[str, Callable[[ModelConfig, int, int, int], Learner]] = {
     "metasgd": _maml_family(learn_inner_lr=True),
     "anil": _maml_family(adapt=("head.",)),
     "reptile": _reptile,
+    "meta_memory": _meta_memory,
 }
 
 #: Learners with an output layer of fixed width: they train and test with the same n_way.

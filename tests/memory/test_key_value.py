@@ -1,0 +1,138 @@
+"""The key-value memory against hand-computed reads, and its properties under hypothesis."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from mnemeta.memory import key_value as kv
+
+
+def _memory(keys: list[list[float]], values: list[list[float]], capacity: int) -> kv.KeyValueState:
+    k = torch.tensor([keys], dtype=torch.float64)
+    v = torch.tensor([values], dtype=torch.float64)
+    state = kv.init_state(1, capacity, k.shape[-1], v.shape[-1], dtype=torch.float64)
+    return kv.write(state, k, v)
+
+
+def test_read_by_hand() -> None:
+    state = _memory([[1.0, 0.0], [0.0, 2.0]], [[1.0, 2.0], [3.0, 4.0]], capacity=2)
+    # q = (1, 0): cosines 1 and 0; with β = ln 3 the weights are 3/4 and 1/4.
+    value, weights = kv.read(
+        state, torch.tensor([[[1.0, 0.0]]], dtype=torch.float64), strength=math.log(3.0)
+    )
+    torch.testing.assert_close(weights, torch.tensor([[[0.75, 0.25]]], dtype=torch.float64))
+    torch.testing.assert_close(value, torch.tensor([[[1.5, 2.5]]], dtype=torch.float64))
+    # q = (2, 2): both cosines 1/√2, equal weights whatever β; scale of q does not matter.
+    value, weights = kv.read(state, torch.tensor([[[2.0, 2.0]]], dtype=torch.float64), strength=7.0)
+    torch.testing.assert_close(weights, torch.tensor([[[0.5, 0.5]]], dtype=torch.float64))
+    torch.testing.assert_close(value, torch.tensor([[[2.0, 3.0]]], dtype=torch.float64))
+
+
+def test_per_query_strength() -> None:
+    state = _memory([[1.0, 0.0], [0.0, 1.0]], [[1.0], [0.0]], capacity=2)
+    q = torch.tensor([[[1.0, 0.0], [1.0, 0.0]]], dtype=torch.float64)
+    value, _ = kv.read(state, q, strength=torch.tensor([[0.0, math.log(3.0)]], dtype=torch.float64))
+    # β = 0: uniform (1/2); β = ln 3: e^β / (e^β + 1) = 3/4.
+    torch.testing.assert_close(value[0, :, 0], torch.tensor([0.5, 0.75], dtype=torch.float64))
+
+
+def test_unwritten_rows_get_no_weight() -> None:
+    state = _memory([[1.0, 0.0]], [[5.0]], capacity=4)
+    value, weights = kv.read(state, torch.tensor([[[0.0, 1.0]]], dtype=torch.float64))
+    # Orthogonal query, cosine 0 everywhere, yet only the written row can be read.
+    torch.testing.assert_close(weights, torch.tensor([[[1.0, 0.0, 0.0, 0.0]]], dtype=torch.float64))
+    torch.testing.assert_close(value, torch.tensor([[[5.0]]], dtype=torch.float64))
+
+
+def test_ring_buffer_overwrites_the_oldest() -> None:
+    state = kv.init_state(1, 2, 1, 1, dtype=torch.float64)
+    for i in range(3):  # rows 0, 1, 2: row 2 replaces row 0 in slot 0
+        state = kv.write(
+            state, torch.full((1, 1, 1), float(i + 1)), torch.full((1, 1, 1), 10.0 * i)
+        )
+    assert state.written == 3
+    torch.testing.assert_close(
+        state.values[0, :, 0], torch.tensor([20.0, 10.0], dtype=torch.float64)
+    )
+    at_once = kv.write(
+        kv.init_state(1, 2, 1, 1, dtype=torch.float64),
+        torch.tensor([[[1.0], [2.0], [3.0]]]),
+        torch.tensor([[[0.0], [10.0], [20.0]]]),
+    )
+    torch.testing.assert_close(at_once.keys, state.keys)
+    torch.testing.assert_close(at_once.values, state.values)
+
+
+def test_write_does_not_mutate_and_is_differentiable() -> None:
+    state = kv.init_state(2, 3, 4, 2)
+    keys = torch.randn(2, 2, 4, requires_grad=True)
+    values = torch.randn(2, 2, 2, requires_grad=True)
+    new = kv.write(state, keys, values)
+    assert state.written == 0 and not state.keys.any()
+    value, _ = kv.read(new, torch.randn(2, 5, 4), strength=3.0)
+    value.sum().backward()
+    assert keys.grad is not None and keys.grad.abs().sum() > 0
+    assert values.grad is not None and values.grad.abs().sum() > 0
+
+
+def test_errors() -> None:
+    with pytest.raises(ValueError, match="empty"):
+        kv.read(kv.init_state(1, 2, 3, 1), torch.ones(1, 1, 3))
+    with pytest.raises(ValueError, match="capacity"):
+        kv.init_state(1, 0, 3, 1)
+    with pytest.raises(ValueError, match="disagree"):
+        kv.write(kv.init_state(1, 2, 3, 1), torch.ones(1, 2, 3), torch.ones(1, 1, 1))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    batch=st.integers(1, 3),
+    capacity=st.integers(1, 8),
+    n=st.integers(1, 12),
+    queries=st.integers(1, 4),
+    strength=st.floats(0.0, 50.0),
+    seed=st.integers(0, 2**16),
+)
+def test_weights_are_a_distribution_over_written_rows(
+    batch: int, capacity: int, n: int, queries: int, strength: float, seed: int
+) -> None:
+    g = torch.Generator().manual_seed(seed)
+    state = kv.write(
+        kv.init_state(batch, capacity, 5, 3, dtype=torch.float64),
+        torch.randn(batch, n, 5, generator=g, dtype=torch.float64),
+        torch.randn(batch, n, 3, generator=g, dtype=torch.float64),
+    )
+    _, weights = kv.read(
+        state, torch.randn(batch, queries, 5, generator=g, dtype=torch.float64), strength=strength
+    )
+    assert (weights >= 0).all()
+    torch.testing.assert_close(weights.sum(-1), torch.ones(batch, queries, dtype=torch.float64))
+    assert (weights[..., min(n, capacity) :] == 0).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 6), target=st.integers(0, 5), seed=st.integers(0, 2**16))
+def test_sharp_write_then_read_of_the_same_key_returns_its_value(
+    n: int, target: int, seed: int
+) -> None:
+    assume(target < n)
+    g = torch.Generator().manual_seed(seed)
+    keys = torch.randn(1, n, 8, generator=g, dtype=torch.float64)
+    values = torch.randn(1, n, 4, generator=g, dtype=torch.float64)
+    cos = (
+        torch.nn.functional.normalize(keys[0], dim=-1)
+        @ torch.nn.functional.normalize(keys[0], dim=-1).T
+    )
+    others = torch.cat([cos[target, :target], cos[target, target + 1 :]])
+    # A read cannot tell apart keys pointing the same way; require a margin of 0.05 in cosine.
+    assume(others.numel() == 0 or others.max() < 0.95)
+    state = kv.write(kv.init_state(1, n, 8, 4, dtype=torch.float64), keys, values)
+    value, weights = kv.read(state, keys[:, target : target + 1], strength=1000.0)
+    # With β = 1000 and a margin of 0.05 the other rows weigh at most n·e^-50 together.
+    torch.testing.assert_close(value[0, 0], values[0, target], rtol=0, atol=1e-12)
+    assert weights[0, 0, target] > 1 - 1e-12
