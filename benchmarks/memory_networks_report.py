@@ -129,6 +129,9 @@ def omniglot_report(args: argparse.Namespace) -> None:
     runs = {"MANN (mnemeta)": Path(args.mann), "LSTM (mnemeta)": Path(args.lstm)}
     if args.nowipe:
         runs["MANN, no wipe (mnemeta)"] = Path(args.nowipe)
+    for item in args.more:
+        label, _, path = item.partition("=")
+        runs[label] = Path(path)
     loaded = {name: _load(run) for name, run in runs.items() if (run / "result.json").is_file()}
     fig, (ax_inst, ax_curve) = plt.subplots(1, 2, figsize=(11, 4))
     xs = [int(i) for i in INSTANCES]
@@ -196,7 +199,8 @@ def omniglot_report(args: argparse.Namespace) -> None:
         )
         summary["runs"][name] = result
     for name, values in PAPER_5CLASS.items():
-        lines.append(f"| {name} | 100,000 | — | " + " | ".join(f"{v:.1f}" for v in values) + " |")
+        trained = "—" if name.startswith("Human") else "100,000"
+        lines.append(f"| {name} | {trained} | — | " + " | ".join(f"{v:.1f}" for v in values) + " |")
     lines += ["", f"![per-instance accuracy and training curve]({out.name}.png)"]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     out.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -218,6 +222,13 @@ def main() -> None:
     p.add_argument("--lstm", default="runs/lstm_omniglot_5class")
     p.add_argument(
         "--nowipe", default="", help="run folder of mann_omniglot_5class_nowipe, if trained"
+    )
+    p.add_argument(
+        "--more",
+        action="append",
+        default=[],
+        metavar="LABEL=RUN_DIR",
+        help="another run to show, e.g. a longer continuation (repeatable)",
     )
     p.add_argument("--out", default="benchmarks/results/mann_omniglot")
     p.set_defaults(func=omniglot_report)
