@@ -185,6 +185,8 @@ class MemoryAugmentedAdaptation:
         earlier one. ``info[t]`` is stored with task ``t``. Returns a predictor from query
         inputs ``(T, Q, *input_shape)`` to outputs ``(T, Q, n_way)`` (or ``(T, Q, out)``).
         """
+        if isinstance(info, Mapping):
+            raise MnemetaError("info is one mapping per task; pass a list, e.g. info=[{...}]")
         if info is not None and len(info) != support.x.shape[0]:
             raise MnemetaError(
                 f"info has {len(info)} entries for {support.x.shape[0]} tasks; give one per task"

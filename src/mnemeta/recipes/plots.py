@@ -39,11 +39,7 @@ def plot_training_curves(rows: list[dict[str, Any]], path: Path, title: str) -> 
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
     fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_sequence_curves(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
@@ -70,11 +66,7 @@ def plot_sequence_curves(rows: list[dict[str, Any]], path: Path, title: str) -> 
     for ax in (ax_loss, ax_metric):
         ax.grid(alpha=0.3)
     fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_copy_weights(model: Any, task: Any, path: Path, length: int = 20, seed: int = 7) -> Path:
@@ -109,6 +101,12 @@ def plot_copy_weights(model: Any, task: Any, path: Path, length: int = 20, seed:
     for ax in axes[-1]:
         ax.set_xlabel("time step")
     fig.suptitle(f"NTM copy, one sequence of length {length}")
+    return _save(fig, path)
+
+
+def _save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
