@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnemeta.checkpoint import load_checkpoint
+from mnemeta.checkpoint import load_checkpoint, save_checkpoint
 from mnemeta.config import Config, load_config
 from mnemeta.errors import MnemetaError
 from mnemeta.recipes.evaluate_checkpoint import evaluate_checkpoint
@@ -77,6 +77,23 @@ def test_resume_from_another_config_is_refused(tmp_path: Path) -> None:
             tiny(tmp_path, "train.steps=8", "train.lr=0.1"),
             progress=False,
             resume=str(tmp_path / "checkpoint.pt"),
+        )
+
+
+def test_a_checkpoint_older_than_a_config_key_still_resumes(tmp_path: Path) -> None:
+    # A key added to mnemeta after the checkpoint was written reads as its default ...
+    meta_train(tiny(tmp_path, "train.steps=4"), progress=False)
+    path = tmp_path / "checkpoint.pt"
+    state = load_checkpoint(path)
+    saved = json.loads(state["config"])
+    del saved["model"]["hops"]
+    save_checkpoint(path, {**state, "config": json.dumps(saved)})
+    meta_train(tiny(tmp_path, "train.steps=6"), resume=str(path), progress=False)
+    assert load_checkpoint(path)["step"] == 6
+    # ... but set to another value it is a different run
+    with pytest.raises(MnemetaError, match="model.hops"):
+        meta_train(
+            tiny(tmp_path, "train.steps=8", "model.hops=3"), resume=str(path), progress=False
         )
 
 

@@ -276,7 +276,9 @@ def _split(splits: dict[str, ClassImages], name: str, key: str) -> ClassImages:
 
 def _check_resumable(saved: dict[str, Any], config: Config, path: str) -> None:
     now = _flat(config.to_dict())
-    before = _flat(saved)
+    # A key the checkpoint lacks was added to mnemeta after it was written; at its default it
+    # cannot have changed the run, so it reads as the default.
+    before = {**_flat(Config().to_dict()), **_flat(saved)}
     changed = sorted(
         k
         for k in set(now) | set(before)
