@@ -32,6 +32,7 @@ PAPER_5CLASS = {
     "Human (paper)": [34.5, 57.3, 70.1, 71.8, 81.4, 92.4],
 }
 INSTANCES = ["1", "2", "3", "4", "5", "10"]
+PRESET_STEPS = 12500  # train.steps of mann_omniglot_5class and lstm_omniglot_5class
 
 
 def _load(run: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -42,6 +43,19 @@ def _load(run: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
 def _config(run: Path) -> dict[str, Any]:
     return json.loads((run / "config.json").read_text())
+
+
+def _command(run: Path, loaded: dict[str, Any]) -> str:
+    """The command that trains ``run``, and how its steps were split if it was resumed."""
+    config = _config(run)
+    text = f"`mnemeta train {config['name']} --data <omniglot>"
+    if config["train"]["steps"] != PRESET_STEPS:
+        text += f" --set train.steps={config['train']['steps']}"
+    text += "`"
+    result = json.loads((run / "result.json").read_text())
+    if result.get("resumed_from_step"):
+        text += f" (continued with `--resume` from step {result['resumed_from_step']})"
+    return text
 
 
 def copy_report(args: argparse.Namespace) -> None:
@@ -152,12 +166,17 @@ def omniglot_report(args: argparse.Namespace) -> None:
         ylabel="accuracy (%)",
         title="test episodes (held-out characters)",
     )
-    for name, (_, rows) in loaded.items():
+    # The first two runs hold the whole training history (continuations append to it).
+    for name, (_, rows) in list(loaded.items())[:2]:
         ax_curve.plot(
-            [r["sequences"] for r in rows], [100 * r["accuracy_2nd"] for r in rows], label=name
+            [r["sequences"] / 1000 for r in rows],
+            [100 * r["accuracy_2nd"] for r in rows],
+            label=name,
         )
     ax_curve.set(
-        xlabel="training episodes", ylabel="2nd-instance accuracy (%)", title="training curve"
+        xlabel="training episodes (thousands)",
+        ylabel="2nd-instance accuracy (%)",
+        title="training curve",
     )
     for ax in (ax_inst, ax_curve):
         ax.grid(alpha=0.3)
@@ -172,10 +191,7 @@ def omniglot_report(args: argparse.Namespace) -> None:
         "# MANN with LRUA on Omniglot, Santoro et al.'s protocol (5 classes, one-hot labels)",
         "",
         f"- machine: {first['device_name']}; report written {header()['date']}",
-        "- commands: "
-        + ", ".join(
-            f"`mnemeta train {_config(r)['name']} --data <omniglot>`" for r in runs.values()
-        ),
+        "- commands: " + "; ".join(_command(r, loaded) for r in runs.values()),
         f"- test: {first['test']['episodes']} episodes of 5 held-out classes x 10 drawings "
         "(Vinyals test characters, 20x20), accuracy (%) at each presentation of a class, "
         "mean ± 95% CI "
