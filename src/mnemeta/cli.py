@@ -150,36 +150,24 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    common = dict(
+        episodes=args.episodes,
+        shots=args.shots,
+        queries=args.queries,
+        split=args.split,
+        seed=args.seed,
+        device=args.device,
+        data_root=args.data,
+        out=args.out,
+    )
     if args.memory:
         from mnemeta.recipes.evaluate_with_memory import evaluate_with_memory
 
-        result, out = evaluate_with_memory(
-            args.checkpoint,
-            args.memory,
-            episodes=args.episodes,
-            shots=args.shots,
-            queries=args.queries,
-            split=args.split,
-            seed=args.seed,
-            device=args.device,
-            data_root=args.data,
-            out=args.out,
-        )
+        result, out = evaluate_with_memory(args.checkpoint, args.memory, **common)
     else:
         from mnemeta.recipes.evaluate_checkpoint import evaluate_checkpoint
 
-        result, out = evaluate_checkpoint(
-            args.checkpoint,
-            episodes=args.episodes,
-            ways=args.ways,
-            shots=args.shots,
-            queries=args.queries,
-            split=args.split,
-            seed=args.seed,
-            device=args.device,
-            data_root=args.data,
-            out=args.out,
-        )
+        result, out = evaluate_checkpoint(args.checkpoint, ways=args.ways, **common)
     print(
         f"{result.ways}-way {result.shots}-shot {result.split}: {result.mean:.2f} ± "
         f"{result.ci95:.2f}% over {result.episodes} episodes"

@@ -93,15 +93,14 @@ class EpisodeSampler:
         self.generator.set_state(state)
 
     def _draw_indices(self, n_tasks: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        n_classes, per_class = self.data.images.shape[:2]
-        classes = _distinct_integers(n_tasks, self.ways, n_classes, generator)  # (T, N)
-        # K + Q distinct drawings per class, ignoring padding rows of smaller classes: the
-        # smallest K + Q of uniform keys, with padding rows given keys that always lose.
-        draw_keys = torch.rand(n_tasks, self.ways, per_class, generator=generator)
-        padding = torch.arange(per_class) >= self._counts_cpu[classes].unsqueeze(-1)
-        draw_keys.masked_fill_(padding, 2.0)
-        drawings = draw_keys.topk(self.shots + self.queries, dim=2, largest=False).indices
-        return classes, drawings  # (T, N), (T, N, K + Q)
+        return draw_classes(
+            self._counts_cpu,
+            self.data.images.shape[1],
+            n_tasks,
+            self.ways,
+            self.shots + self.queries,
+            generator,
+        )
 
     def _gather(self, classes: Tensor, drawings: Tensor) -> EpisodeBatch:
         t, n, k, q = classes.shape[0], self.ways, self.shots, self.queries
@@ -124,7 +123,23 @@ class EpisodeSampler:
         )
 
 
-def _distinct_integers(rows: int, k: int, n: int, generator: torch.Generator) -> Tensor:
+def draw_classes(
+    counts: Tensor, per_class: int, n_tasks: int, ways: int, k: int, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """``ways`` distinct classes per task and ``k`` distinct drawings of each:
+    ``(n_tasks, ways)`` class indices and ``(n_tasks, ways, k)`` drawing indices.
+
+    ``counts`` (CPU) gives each class's real images; rows past it are padding and never drawn.
+    """
+    classes = distinct_integers(n_tasks, ways, counts.shape[0], generator)
+    # The smallest k of uniform keys, with padding rows given keys that always lose.
+    draw_keys = torch.rand(n_tasks, ways, per_class, generator=generator)
+    padding = torch.arange(per_class) >= counts[classes].unsqueeze(-1)
+    draw_keys.masked_fill_(padding, 2.0)
+    return classes, draw_keys.topk(k, dim=2, largest=False).indices
+
+
+def distinct_integers(rows: int, k: int, n: int, generator: torch.Generator) -> Tensor:
     """``(rows, k)`` integers in ``[0, n)``, distinct within each row, uniformly drawn.
 
     When k² <= n a row has no repeat with probability >= exp(-1/2), so drawing with replacement

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from mnemeta.data.classes import ClassImages
-from mnemeta.data.sampler import _distinct_integers
+from mnemeta.data.sampler import draw_classes
 from mnemeta.errors import MnemetaError
 
 
@@ -135,10 +135,7 @@ class OneShotSequenceSampler:
     def _draw(self, batch: int, generator: torch.Generator) -> OneShotBatch:
         n, k = self.classes, self.instances
         per_class = self.data.images.shape[1]
-        classes = _distinct_integers(batch, n, self.data.n_classes, generator)  # (B, n)
-        keys = torch.rand(batch, n, per_class, generator=generator)
-        padding = torch.arange(per_class) >= self.data.counts[classes].unsqueeze(-1)
-        drawings = keys.masked_fill_(padding, 2.0).topk(k, dim=2, largest=False).indices
+        classes, drawings = draw_classes(self.data.counts.cpu(), per_class, batch, n, k, generator)
         rows = (classes.unsqueeze(-1) * per_class + drawings).reshape(batch, n * k)
         labels = torch.arange(n).repeat_interleave(k).expand(batch, -1)
         order = torch.rand(batch, n * k, generator=generator).argsort(dim=1)

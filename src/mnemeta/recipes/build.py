@@ -177,3 +177,28 @@ def _choice(value: str, choices: tuple[str, ...], key: str) -> str:
     if value not in choices:
         raise MnemetaError(f"{key}={value!r} is unknown; choose one of {', '.join(choices)}")
     return value
+
+
+def pick_split(splits: dict[str, ClassImages], name: str, key: str) -> ClassImages:
+    if name not in splits:
+        raise MnemetaError(
+            f"{key}={name!r} is not a split of this dataset; choose one of "
+            f"{', '.join(sorted(splits))}"
+        )
+    return splits[name]
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:  # Linux: the CPU model, e.g. "AMD EPYC 7B13"
+        with open("/proc/cpuinfo") as cpuinfo:
+            lines = cpuinfo.readlines()
+        for line in lines:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()

@@ -24,29 +24,20 @@ from mnemeta.checkpoint import (
     save_checkpoint,
 )
 from mnemeta.config import Config
-from mnemeta.data.classes import ClassImages
 from mnemeta.data.sampler import EpisodeSampler
 from mnemeta.errors import MnemetaError
-from mnemeta.recipes.build import FIXED_WAYS, build_learner, build_splits, pick_device
+from mnemeta.recipes.build import (
+    FIXED_WAYS,
+    build_learner,
+    build_splits,
+    device_name,
+    pick_device,
+    pick_split,
+)
 from mnemeta.recipes.evaluate import evaluate
 from mnemeta.recipes.logging import MetricsLog
 from mnemeta.recipes.plots import plot_training_curves
-
-# Keys that may change between a run and its resumption: they do not change what is trained.
-RESUMABLE_CHANGES = (
-    "name",
-    "device",
-    "out_dir",
-    "data.root",
-    "data.cache_dir",
-    "data.download",
-    "train.steps",
-    "train.log_every",
-    "train.eval_every",
-    "train.checkpoint_every",
-    "eval.",
-    "sequence.eval_max_length",
-)
+from mnemeta.recipes.resume import check_resumable
 
 
 def meta_train(
@@ -63,7 +54,7 @@ def meta_train(
     # ---- build: data, samplers, learner, optimiser (each step fails early and clearly) ----
     torch.manual_seed(config.seed)
     splits = build_splits(config.data, progress=show)
-    train_data = _split(splits, tc.split, "train.split")
+    train_data = pick_split(splits, tc.split, "train.split")
     sampler = EpisodeSampler(
         train_data,
         ways=tc.ways,
@@ -76,7 +67,7 @@ def meta_train(
     val_sampler = None
     if tc.eval_every and ec.val_split:
         val_sampler = EpisodeSampler(
-            _split(splits, ec.val_split, "eval.val_split"),
+            pick_split(splits, ec.val_split, "eval.val_split"),
             ways=ec.ways,
             shots=ec.shots,
             queries=ec.queries,
@@ -84,7 +75,7 @@ def meta_train(
             split=ec.val_split,
         )
     test_sampler = EpisodeSampler(
-        _split(splits, ec.split, "eval.split"),
+        pick_split(splits, ec.split, "eval.split"),
         ways=ec.ways,
         shots=ec.shots,
         queries=ec.queries,
@@ -105,7 +96,7 @@ def meta_train(
     start = 0
     if resume is not None:
         state = load_checkpoint(resume)
-        _check_resumable(checkpoint_config(state), config, resume)
+        check_resumable(checkpoint_config(state), config, resume)
         learner.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -225,7 +216,7 @@ def meta_train(
         "name": config.name,
         "steps": tc.steps,
         "device": str(device),
-        "device_name": _device_name(device),
+        "device_name": device_name(device),
         "test": result.to_dict(),
         "seconds": {
             "build": round(t_data, 1),
@@ -263,56 +254,3 @@ def build_schedule(config: Config, optimizer: torch.optim.Optimizer) -> LRSchedu
         steps = max(tc.steps, 1)
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1.0 - s / steps))
     raise MnemetaError(f"train.lr_schedule={tc.lr_schedule!r} is unknown; choose step or linear")
-
-
-def _split(splits: dict[str, ClassImages], name: str, key: str) -> ClassImages:
-    if name not in splits:
-        raise MnemetaError(
-            f"{key}={name!r} is not a split of this dataset; choose one of "
-            f"{', '.join(sorted(splits))}"
-        )
-    return splits[name]
-
-
-def _check_resumable(saved: dict[str, Any], config: Config, path: str) -> None:
-    now = _flat(config.to_dict())
-    # A key the checkpoint lacks was added to mnemeta after it was written; at its default it
-    # cannot have changed the run, so it reads as the default.
-    before = {**_flat(Config().to_dict()), **_flat(saved)}
-    changed = sorted(
-        k
-        for k in set(now) | set(before)
-        if now.get(k) != before.get(k) and not k.startswith(RESUMABLE_CHANGES)
-    )
-    if changed:
-        diffs = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:4])
-        raise MnemetaError(
-            f"checkpoint {path} was written by another config ({diffs}); resume "
-            "with the same preset and --set values, or start a new run"
-        )
-
-
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:  # Linux: the CPU model, e.g. "AMD EPYC 7B13"
-        with open("/proc/cpuinfo") as cpuinfo:
-            lines = cpuinfo.readlines()
-        for line in lines:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()

@@ -26,16 +26,11 @@ from mnemeta.checkpoint import (
 from mnemeta.config import Config
 from mnemeta.data.sequences import CopySampler, OneShotSequenceSampler, copy_batch
 from mnemeta.errors import MnemetaError
-from mnemeta.recipes.build import build_splits, pick_device
+from mnemeta.recipes.build import build_splits, device_name, pick_device, pick_split
 from mnemeta.recipes.evaluate import mean_ci95
 from mnemeta.recipes.logging import MetricsLog
-from mnemeta.recipes.meta_train import (
-    _check_resumable,
-    _device_name,
-    _split,
-    build_optimizer,
-    build_schedule,
-)
+from mnemeta.recipes.meta_train import build_optimizer, build_schedule
+from mnemeta.recipes.resume import check_resumable
 
 #: model.algorithm -> the memory of :class:`MemoryAugmentedNetwork`.
 SEQUENCE_ALGORITHMS = {"ntm": "ntm", "mann": "lrua", "lstm": "none"}
@@ -128,12 +123,12 @@ class OneShotTask:
     def __init__(self, config: Config, device: torch.device, *, progress: bool) -> None:
         sc, ec = config.sequence, config.eval
         splits = build_splits(config.data, progress=progress)
-        train = _split(splits, config.train.split, "train.split")
+        train = pick_split(splits, config.train.split, "train.split")
         self.sampler = OneShotSequenceSampler(
             train, classes=sc.classes, instances=sc.instances, seed=config.seed, device=device
         )
         self.test = OneShotSequenceSampler(
-            _split(splits, ec.split, "eval.split"),
+            pick_split(splits, ec.split, "eval.split"),
             classes=sc.classes,
             instances=sc.instances,
             device=device,
@@ -250,7 +245,7 @@ def sequence_train(
     carry: RecurrentState | None = None
     if resume is not None:
         state = load_checkpoint(resume)
-        _check_resumable(checkpoint_config(state), config, resume)
+        check_resumable(checkpoint_config(state), config, resume)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -347,7 +342,7 @@ def sequence_train(
         "sequences": tc.steps * tc.meta_batch,
         "parameters": sum(p.numel() for p in model.parameters()),
         "device": str(device),
-        "device_name": _device_name(device),
+        "device_name": device_name(device),
         "test": report,
         "seconds": {
             "train": round(t_train, 1),

@@ -54,6 +54,7 @@ from typing import Any, ParamSpec, TypeVar
 import numpy as np
 import safetensors.torch
 import torch
+from safetensors.torch import load as tensors_from_safetensors_bytes
 from torch import Tensor
 
 from mnemeta.errors import MnemetaError
@@ -645,7 +646,8 @@ class TaskMemory:
         path = self._tensors / rel
         try:
             data = path.read_bytes()
-            return safetensors.torch.load(data)
+            # safetensors parses a header and raw tensor bytes: no pickle, no code.
+            return tensors_from_safetensors_bytes(data)
         except Exception as e:  # missing file, or safetensors' own error for damaged bytes
             raise MnemetaError(
                 f"the parameters of record {rid} ({path}) are missing or damaged "
