@@ -13,7 +13,13 @@ def under_vmap(x: Tensor) -> bool:
     outermost wrapper alone does not tell; the wrappers are peeled one by one. Uses functorch's
     own (private, long-stable) queries; if a future PyTorch drops them, answers True, the
     choice that is correct everywhere.
+
+    Under ``torch.compile`` also True, without asking: Dynamo cannot trace the queries (each
+    would break the graph, and a break inside vmap leaves the whole meta-loss uncompiled), and
+    the primitive ops that True selects are what the compiler fuses anyway.
     """
+    if torch.compiler.is_compiling():
+        return True
     f = torch._C._functorch
     try:
         while f.is_functorch_wrapped_tensor(x):
