@@ -97,6 +97,10 @@ class TrainConfig:
     lr_decay: float = 0.5  # step: multiply the learning rate by this ...
     lr_decay_every: int = 2000  # ... every this many steps (Snell et al.: halve every 2000)
     grad_clip: float = 0.0  # max gradient norm; 0 disables
+    # torch.compile the meta-loss: off | default | reduce-overhead (CUDA graphs) | max-autotune.
+    # Pays off with strategy vmap on a GPU; compiling takes ~1-2 min once per run.
+    compile: str = "off"
+    max_minutes: float = 0.0  # stop training after this much training time (across resumes)
     log_every: int = 50
     eval_every: int = 1000  # validation episodes every this many steps; 0 disables
     checkpoint_every: int = 500

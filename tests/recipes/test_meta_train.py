@@ -104,3 +104,65 @@ def test_evaluate_checkpoint_uses_the_same_episodes(tmp_path: Path) -> None:
     assert json.loads(out.read_text())["episodes"] == 20
     other, _ = evaluate_checkpoint(str(tmp_path / "checkpoint.pt"), ways=3, shots=2, episodes=10)
     assert (other.ways, other.shots, other.episodes) == (3, 2, 10)
+
+
+def test_max_minutes_stops_training_evaluates_and_resumes_only_with_more_time(
+    tmp_path: Path,
+) -> None:
+    # A limit of ~0 minutes stops after the first step, which is always taken.
+    summary = meta_train(tiny(tmp_path, "train.steps=8", "train.max_minutes=1e-9"), progress=False)
+    assert summary["steps_done"] == 1 and summary["stopped_by_max_minutes"]
+    assert summary["test"]["episodes"] == 20  # evaluated all the same
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["step"] == 1 and state["train_seconds"] > 0
+    with pytest.raises(MnemetaError, match=r"already trained .* train.max_minutes=1e-09"):
+        meta_train(
+            tiny(tmp_path, "train.steps=8", "train.max_minutes=1e-9"),
+            progress=False,
+            resume=str(tmp_path / "checkpoint.pt"),
+        )
+    summary = meta_train(
+        tiny(tmp_path, "train.steps=8", "train.max_minutes=60"),
+        progress=False,
+        resume=str(tmp_path / "checkpoint.pt"),
+    )
+    assert summary["steps_done"] == 8 and not summary["stopped_by_max_minutes"]
+    assert summary["seconds"]["train_all_runs"] >= summary["seconds"]["train"]
+
+
+MAML_TINY = [
+    "model.algorithm=maml",
+    "model.strategy=vmap",
+    "train.meta_batch=2",
+    "train.steps=2",
+    "train.eval_every=0",
+]
+
+
+def test_train_compile_runs_the_compiled_meta_loss(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mnemeta.recipes.build as build
+
+    modes: list[str] = []
+    real_compile = torch.compile
+
+    def compile_for_test(fn, *, mode: str):  # type: ignore[no-untyped-def]
+        # Inductor's C++ build takes minutes on CI; aot_eager traces the same graphs.
+        modes.append(mode)
+        return real_compile(fn, backend="aot_eager", fullgraph=True)
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(build.torch, "compile", compile_for_test)
+    meta_train(tiny(tmp_path / "eager", *MAML_TINY), progress=False)
+    meta_train(
+        tiny(tmp_path / "compiled", *MAML_TINY, "train.compile=reduce-overhead"), progress=False
+    )
+    assert modes == ["reduce-overhead"]
+    eager, compiled = _losses(tmp_path / "eager"), _losses(tmp_path / "compiled")
+    assert compiled == pytest.approx(eager, rel=1e-5)
+
+
+def test_an_unknown_compile_mode_is_named(tmp_path: Path) -> None:
+    with pytest.raises(MnemetaError, match=r"train.compile='fast' is unknown; choose one of"):
+        meta_train(tiny(tmp_path, "train.steps=1", "train.compile=fast"), progress=False)

@@ -19,6 +19,7 @@ from mnemeta.algorithms.reptile import Reptile
 from mnemeta.config import DataConfig, ModelConfig
 from mnemeta.data.classes import ClassImages
 from mnemeta.data.glyphs import glyph_splits
+from mnemeta.episode import EpisodeBatch
 from mnemeta.errors import MnemetaError
 from mnemeta.nn import Conv4
 
@@ -151,6 +152,30 @@ def build_learner(
     return _lookup(ALGORITHMS, cfg.algorithm, "model.algorithm")(
         cfg, in_channels, n_way, image_size
     )
+
+
+#: train.compile -> torch.compile's mode (None: do not compile).
+COMPILE_MODES: dict[str, str | None] = {
+    "off": None,
+    "default": "default",
+    "reduce-overhead": "reduce-overhead",  # CUDA graphs: fewest launches per step on a GPU
+    "max-autotune": "max-autotune",
+}
+
+
+def build_meta_loss(
+    learner: Learner, mode: str
+) -> Callable[[EpisodeBatch], tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+    """``learner.meta_loss``, compiled by ``torch.compile`` unless ``mode`` is ``"off"``.
+
+    The whole meta-loss -- vmap over tasks, the inner gradient steps, the query loss -- becomes
+    one graph (no graph breaks: ``tests/algorithms/test_compile.py``), and its backward one
+    more. Compilation happens at the first call and again only if the shapes change.
+    """
+    compile_mode = _lookup(COMPILE_MODES, mode, "train.compile")
+    if compile_mode is None:
+        return learner.meta_loss
+    return torch.compile(learner.meta_loss, mode=compile_mode)
 
 
 def pick_device(name: str) -> torch.device:

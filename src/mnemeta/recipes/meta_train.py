@@ -29,6 +29,7 @@ from mnemeta.errors import MnemetaError
 from mnemeta.recipes.build import (
     FIXED_WAYS,
     build_learner,
+    build_meta_loss,
     build_splits,
     device_name,
     pick_device,
@@ -90,10 +91,12 @@ def meta_train(
     channels, side, _ = train_data.image_shape
     learner = build_learner(config.model, channels, n_way=tc.ways, image_size=side).to(device)
     optimizer = build_optimizer(config, learner.parameters())
+    meta_loss = build_meta_loss(learner, tc.compile)
     scheduler = build_schedule(config, optimizer)
     # Running sums of the logged metrics stay on the device: no host sync every step.
     running = torch.zeros(3, device=device)  # loss sum, accuracy sum, count
     start = 0
+    trained_before = 0.0  # seconds of training in earlier runs of a resumed run
     if resume is not None:
         state = load_checkpoint(resume)
         check_resumable(checkpoint_config(state), config, resume)
@@ -104,15 +107,24 @@ def meta_train(
         torch.set_rng_state(state["rng"]["torch"])
         running = state["running"].to(device)
         start = int(state["step"])
+        trained_before = float(state.get("train_seconds", 0.0))
         if start >= tc.steps:
             raise MnemetaError(
                 f"{resume} is already at step {start} of {tc.steps}; raise "
                 "train.steps with --set to train further"
             )
+        if tc.max_minutes and trained_before >= 60 * tc.max_minutes:
+            raise MnemetaError(
+                f"{resume} has already trained {trained_before / 60:.1f} min, the run's "
+                f"train.max_minutes={tc.max_minutes:g}; raise it with --set to train further"
+            )
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
     log = MetricsLog(run_dir, resume_step=start if resume is not None else None)
     t_data = time.perf_counter() - t_start
+
+    def trained_seconds() -> float:
+        return trained_before + time.perf_counter() - t_loop
 
     def checkpoint(step: int) -> None:
         save_checkpoint(
@@ -125,6 +137,7 @@ def meta_train(
                 "scheduler": scheduler.state_dict(),
                 "rng": {"torch": torch.get_rng_state(), "sampler": sampler.get_state()},
                 "running": running.cpu(),
+                "train_seconds": trained_seconds(),
             },
         )
 
@@ -139,11 +152,12 @@ def meta_train(
         desc=config.name,
         dynamic_ncols=True,
     )
-    step = start
+    step = done = start
+    out_of_time = False
     try:
         for step in bar:
             batch = sampler.sample(tc.meta_batch)
-            loss, metrics = learner.meta_loss(batch)
+            loss, metrics = meta_loss(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if tc.grad_clip > 0:
@@ -154,7 +168,11 @@ def meta_train(
                 [metrics["loss"], metrics["accuracy"], torch.ones((), device=device)]
             )
             done = step + 1
-            if done % tc.log_every == 0 or done == tc.steps:
+            # The clock runs ahead of a GPU by at most its launch queue; the log's .tolist()
+            # below syncs every log_every steps, so the overshoot stays under one log period.
+            out_of_time = bool(tc.max_minutes) and trained_seconds() >= 60 * tc.max_minutes
+            last = done == tc.steps or out_of_time
+            if done % tc.log_every == 0 or last:
                 loss_sum, acc_sum, count = running.tolist()
                 running.zero_()
                 row = {
@@ -186,8 +204,15 @@ def meta_train(
                     f"step {done}: {ec.val_split} accuracy {val.mean:.2f} ± {val.ci95:.2f}%",
                     file=sys.stdout,
                 )
-            if done % tc.checkpoint_every == 0 or done == tc.steps:
+            if done % tc.checkpoint_every == 0 or last:
                 checkpoint(done)
+            if out_of_time:
+                tqdm.write(
+                    f"train.max_minutes={tc.max_minutes:g} reached after step {done} of "
+                    f"{tc.steps}; evaluating",
+                    file=sys.stdout,
+                )
+                break
     except KeyboardInterrupt:
         # Interrupted mid-step: the last completed step is `step` (its update is not applied
         # if the interrupt came before optimizer.step, so keep the last written checkpoint).
@@ -198,6 +223,8 @@ def meta_train(
             f"{run_dir / 'checkpoint.pt'}"
         ) from None
     bar.close()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     t_train = time.perf_counter() - t_loop
 
     # ---- final evaluation on the fixed test episodes ----
@@ -215,12 +242,16 @@ def meta_train(
     summary = {
         "name": config.name,
         "steps": tc.steps,
+        "steps_done": done,
+        "stopped_by_max_minutes": out_of_time,
+        "compile": tc.compile,
         "device": str(device),
         "device_name": device_name(device),
         "test": result.to_dict(),
         "seconds": {
             "build": round(t_data, 1),
             "train": round(t_train, 1),
+            "train_all_runs": round(trained_before + t_train, 1),
             "evaluate": round(t_eval, 1),
             "total": round(time.perf_counter() - t_start, 1),
         },

@@ -18,6 +18,8 @@ RESUMABLE_CHANGES = (
     "data.cache_dir",
     "data.download",
     "train.steps",
+    "train.max_minutes",
+    "train.compile",
     "train.log_every",
     "train.eval_every",
     "train.checkpoint_every",
