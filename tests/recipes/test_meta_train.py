@@ -166,3 +166,8 @@ def test_train_compile_runs_the_compiled_meta_loss(
 def test_an_unknown_compile_mode_is_named(tmp_path: Path) -> None:
     with pytest.raises(MnemetaError, match=r"train.compile='fast' is unknown; choose one of"):
         meta_train(tiny(tmp_path, "train.steps=1", "train.compile=fast"), progress=False)
+
+
+def test_a_negative_max_minutes_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(MnemetaError, match=r"train.max_minutes=-1 is negative"):
+        meta_train(tiny(tmp_path, "train.steps=1", "train.max_minutes=-1"), progress=False)

@@ -114,3 +114,16 @@ def test_cli_trains_a_sequence_preset(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "bits wrong per sequence" in out and str(tmp_path) in out
     assert main(["train", "ntm_copy", "--set", "sequence.min_length=0"]) == 2
     assert "min_length" in capsys.readouterr().err
+
+
+def test_max_minutes_stops_a_sequence_run_and_compile_is_refused(tmp_path: Path) -> None:
+    from mnemeta.errors import MnemetaError
+
+    summary = sequence_train(
+        copy_config(tmp_path, "train.steps=6", "train.max_minutes=1e-9"), progress=False
+    )
+    assert summary["steps_done"] == 1 and summary["stopped_by_max_minutes"]
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 1
+    assert (tmp_path / "result.md").is_file()  # evaluated all the same
+    with pytest.raises(MnemetaError, match=r"train.compile='default' applies to the episodic"):
+        sequence_train(copy_config(tmp_path, "train.compile=default"), progress=False)

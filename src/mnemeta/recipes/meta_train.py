@@ -35,6 +35,7 @@ from mnemeta.recipes.build import (
     pick_device,
     pick_split,
 )
+from mnemeta.recipes.clock import TrainingClock
 from mnemeta.recipes.evaluate import evaluate
 from mnemeta.recipes.logging import MetricsLog
 from mnemeta.recipes.plots import plot_training_curves
@@ -96,7 +97,7 @@ def meta_train(
     # Running sums of the logged metrics stay on the device: no host sync every step.
     running = torch.zeros(3, device=device)  # loss sum, accuracy sum, count
     start = 0
-    trained_before = 0.0  # seconds of training in earlier runs of a resumed run
+    clock = TrainingClock(tc.max_minutes)
     if resume is not None:
         state = load_checkpoint(resume)
         check_resumable(checkpoint_config(state), config, resume)
@@ -107,24 +108,17 @@ def meta_train(
         torch.set_rng_state(state["rng"]["torch"])
         running = state["running"].to(device)
         start = int(state["step"])
-        trained_before = float(state.get("train_seconds", 0.0))
+        clock = TrainingClock(tc.max_minutes, float(state.get("train_seconds", 0.0)))
         if start >= tc.steps:
             raise MnemetaError(
                 f"{resume} is already at step {start} of {tc.steps}; raise "
                 "train.steps with --set to train further"
             )
-        if tc.max_minutes and trained_before >= 60 * tc.max_minutes:
-            raise MnemetaError(
-                f"{resume} has already trained {trained_before / 60:.1f} min, the run's "
-                f"train.max_minutes={tc.max_minutes:g}; raise it with --set to train further"
-            )
+        clock.check_resumable(resume)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
     log = MetricsLog(run_dir, resume_step=start if resume is not None else None)
     t_data = time.perf_counter() - t_start
-
-    def trained_seconds() -> float:
-        return trained_before + time.perf_counter() - t_loop
 
     def checkpoint(step: int) -> None:
         save_checkpoint(
@@ -137,13 +131,14 @@ def meta_train(
                 "scheduler": scheduler.state_dict(),
                 "rng": {"torch": torch.get_rng_state(), "sampler": sampler.get_state()},
                 "running": running.cpu(),
-                "train_seconds": trained_seconds(),
+                "train_seconds": clock.seconds(),
             },
         )
 
     # ---- the loop ----
     learner.train()
     t_loop = time.perf_counter()
+    clock.start()
     bar = tqdm(
         range(start, tc.steps),
         initial=start,
@@ -168,9 +163,7 @@ def meta_train(
                 [metrics["loss"], metrics["accuracy"], torch.ones((), device=device)]
             )
             done = step + 1
-            # The clock runs ahead of a GPU by at most its launch queue; the log's .tolist()
-            # below syncs every log_every steps, so the overshoot stays under one log period.
-            out_of_time = bool(tc.max_minutes) and trained_seconds() >= 60 * tc.max_minutes
+            out_of_time = clock.out_of_time()
             last = done == tc.steps or out_of_time
             if done % tc.log_every == 0 or last:
                 loss_sum, acc_sum, count = running.tolist()
@@ -251,7 +244,7 @@ def meta_train(
         "seconds": {
             "build": round(t_data, 1),
             "train": round(t_train, 1),
-            "train_all_runs": round(trained_before + t_train, 1),
+            "train_all_runs": round(clock.trained_before + t_train, 1),
             "evaluate": round(t_eval, 1),
             "total": round(time.perf_counter() - t_start, 1),
         },

@@ -27,6 +27,7 @@ from mnemeta.config import Config
 from mnemeta.data.sequences import CopySampler, OneShotSequenceSampler, copy_batch
 from mnemeta.errors import MnemetaError
 from mnemeta.recipes.build import build_splits, device_name, pick_device, pick_split
+from mnemeta.recipes.clock import TrainingClock
 from mnemeta.recipes.evaluate import mean_ci95
 from mnemeta.recipes.logging import MetricsLog
 from mnemeta.recipes.meta_train import build_optimizer, build_schedule
@@ -243,6 +244,12 @@ def sequence_train(
     count = 0
     start = 0
     carry: RecurrentState | None = None
+    if tc.compile != "off":
+        raise MnemetaError(
+            f"train.compile={tc.compile!r} applies to the episodic learners' meta-loss; the "
+            f"sequence models ({config.model.algorithm}) run eagerly: leave it at 'off'"
+        )
+    clock = TrainingClock(tc.max_minutes)
     if resume is not None:
         state = load_checkpoint(resume)
         check_resumable(checkpoint_config(state), config, resume)
@@ -261,6 +268,8 @@ def sequence_train(
                 f"{resume} is already at step {start} of {tc.steps}; raise train.steps with "
                 "--set to train further"
             )
+        clock = TrainingClock(tc.max_minutes, float(state.get("train_seconds", 0.0)))
+        clock.check_resumable(resume)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
     log = MetricsLog(run_dir, resume_step=start if resume is not None else None)
@@ -281,15 +290,18 @@ def sequence_train(
                 "running": {k: v.cpu() for k, v in running.items()},
                 "count": count,
                 "carry": keep,
+                "train_seconds": clock.seconds(),
             },
         )
 
     # ---- the loop ----
     model.train()
     t_loop = time.perf_counter()
+    clock.start()
     bar = tqdm(
         range(start, tc.steps), initial=start, total=tc.steps, disable=not show, desc=config.name
     )
+    done, out_of_time = start, False
     try:
         for step in bar:
             loss, metrics, carry = task.train_loss(model, tc.meta_batch, carry)
@@ -303,7 +315,9 @@ def sequence_train(
                 running[k] = running.get(k, torch.zeros((), device=device)) + v.detach()
             count += 1
             done = step + 1
-            if done % tc.log_every == 0 or done == tc.steps:
+            out_of_time = clock.out_of_time()
+            last = done == tc.steps or out_of_time
+            if done % tc.log_every == 0 or last:
                 row: dict[str, Any] = {"step": done, "sequences": done * tc.meta_batch}
                 row.update({k: float(v) / count for k, v in running.items()})
                 row["seconds"] = round(time.perf_counter() - t_loop, 2)
@@ -317,8 +331,15 @@ def sequence_train(
                     print(
                         f"step {done}/{tc.steps}  {summary_line}  {row['seconds']:.0f}s", flush=True
                     )
-            if done % tc.checkpoint_every == 0 or done == tc.steps:
+            if done % tc.checkpoint_every == 0 or last:
                 checkpoint(done)
+            if out_of_time:
+                tqdm.write(
+                    f"train.max_minutes={tc.max_minutes:g} reached after step {done} of "
+                    f"{tc.steps}; evaluating",
+                    file=sys.stdout,
+                )
+                break
     except KeyboardInterrupt:
         bar.close()
         log.close()
@@ -327,6 +348,8 @@ def sequence_train(
             f"{run_dir / 'checkpoint.pt'}"
         ) from None
     bar.close()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     t_train = time.perf_counter() - t_loop
 
     # ---- final evaluation, report, plots ----
@@ -339,13 +362,16 @@ def sequence_train(
         "name": config.name,
         "algorithm": config.model.algorithm,
         "steps": tc.steps,
-        "sequences": tc.steps * tc.meta_batch,
+        "steps_done": done,
+        "stopped_by_max_minutes": out_of_time,
+        "sequences": done * tc.meta_batch,
         "parameters": sum(p.numel() for p in model.parameters()),
         "device": str(device),
         "device_name": device_name(device),
         "test": report,
         "seconds": {
             "train": round(t_train, 1),
+            "train_all_runs": round(clock.trained_before + t_train, 1),
             "evaluate": round(t_eval, 1),
             "total": round(time.perf_counter() - t_start, 1),
         },
