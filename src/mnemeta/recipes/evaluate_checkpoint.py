@@ -3,17 +3,32 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from mnemeta.checkpoint import atomic_write_text, checkpoint_config, load_checkpoint
-from mnemeta.config import config_from_dict
+from mnemeta.config import Config, config_from_dict
 from mnemeta.data.sampler import EpisodeSampler
 from mnemeta.errors import MnemetaError
-from mnemeta.recipes.build import FIXED_WAYS, build_learner, build_splits, pick_device
+from mnemeta.recipes.build import FIXED_WAYS, Learner, build_learner, build_splits, pick_device
 from mnemeta.recipes.evaluate import EvalResult, evaluate
 
 
-def evaluate_checkpoint(
+@dataclass
+class LoadedCheckpoint:
+    """A checkpoint ready to score: its config (``eval`` as overridden), step, learner with its
+    weights on ``device``, and the sampler of the evaluation episodes."""
+
+    config: Config
+    step: int
+    learner: Learner
+    sampler: EpisodeSampler
+    device: torch.device
+
+
+def load_for_evaluation(
     path: str,
     *,
     episodes: int | None = None,
@@ -24,9 +39,8 @@ def evaluate_checkpoint(
     seed: int | None = None,
     device: str | None = None,
     data_root: str | None = None,
-    out: str | None = None,
-) -> tuple[EvalResult, Path]:
-    """Score the checkpoint at ``path`` on fixed episodes; unset arguments come from its config."""
+) -> LoadedCheckpoint:
+    """Rebuild the checkpoint at ``path``; unset arguments come from its config."""
     state = load_checkpoint(path)
     try:
         config = config_from_dict(checkpoint_config(state), f"checkpoint {path}")
@@ -73,9 +87,38 @@ def evaluate_checkpoint(
             f"({first}); the file was changed or written by another version"
         ) from None
     learner.to(dev)
+    return LoadedCheckpoint(config, int(state["step"]), learner, sampler, dev)
+
+
+def evaluate_checkpoint(
+    path: str,
+    *,
+    episodes: int | None = None,
+    ways: int | None = None,
+    shots: int | None = None,
+    queries: int | None = None,
+    split: str | None = None,
+    seed: int | None = None,
+    device: str | None = None,
+    data_root: str | None = None,
+    out: str | None = None,
+) -> tuple[EvalResult, Path]:
+    """Score the checkpoint at ``path`` on fixed episodes; unset arguments come from its config."""
+    loaded = load_for_evaluation(
+        path,
+        episodes=episodes,
+        ways=ways,
+        shots=shots,
+        queries=queries,
+        split=split,
+        seed=seed,
+        device=device,
+        data_root=data_root,
+    )
+    ec = loaded.config.eval
     result = evaluate(
-        learner,
-        sampler,
+        loaded.learner,
+        loaded.sampler,
         episodes=ec.episodes,
         seed=ec.seed,
         batch_size=ec.batch_size,
@@ -88,9 +131,9 @@ def evaluate_checkpoint(
     )
     payload = {
         "checkpoint": str(path),
-        "step": int(state["step"]),
+        "step": loaded.step,
         **result.to_dict(),
-        "markdown": result.markdown(config.name),
+        "markdown": result.markdown(loaded.config.name),
     }
     atomic_write_text(target, json.dumps(payload, indent=2) + "\n")
     return result, target

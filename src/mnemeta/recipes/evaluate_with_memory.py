@@ -17,12 +17,10 @@ from mnemeta.algorithms.maml import MAML
 from mnemeta.algorithms.protocol import accuracy
 from mnemeta.algorithms.task_embedding import embedding_size
 from mnemeta.algorithms.task_memory_adapt import WARM_STARTS, MemoryAugmentedAdaptation
-from mnemeta.checkpoint import atomic_write_text, checkpoint_config, load_checkpoint
-from mnemeta.config import config_from_dict
-from mnemeta.data.sampler import EpisodeSampler
+from mnemeta.checkpoint import atomic_write_text
 from mnemeta.errors import MnemetaError
-from mnemeta.recipes.build import build_learner, build_splits, pick_device
 from mnemeta.recipes.evaluate import EvalResult, mean_ci95
+from mnemeta.recipes.evaluate_checkpoint import load_for_evaluation
 
 
 def evaluate_with_memory(
@@ -49,39 +47,25 @@ def evaluate_with_memory(
 
     if warm_start not in WARM_STARTS:
         raise MnemetaError(f"warm_start={warm_start!r} is unknown; choose weighted or nearest")
-    state = load_checkpoint(path)
-    config = config_from_dict(checkpoint_config(state), f"checkpoint {path}")
+    loaded = load_for_evaluation(
+        path,
+        episodes=episodes,
+        shots=shots,
+        queries=queries,
+        split=split,
+        seed=seed,
+        device=device,
+        data_root=data_root,
+    )
+    config, learner, sampler, dev = loaded.config, loaded.learner, loaded.sampler, loaded.device
     ec = config.eval
-    ec.episodes = episodes if episodes is not None else ec.episodes
-    ec.shots = shots or ec.shots
-    ec.queries = queries if queries is not None else ec.queries
-    ec.split = split or ec.split
-    ec.seed = seed if seed is not None else ec.seed
-    if data_root is not None:
-        config.data.root = data_root
-    dev = pick_device(device or config.device)
-    splits = build_splits(config.data)
-    if ec.split not in splits:
-        raise MnemetaError(
-            f"split {ec.split!r} is not in this dataset; choose one of {', '.join(sorted(splits))}"
-        )
-    channels, side, _ = splits[ec.split].image_shape
-    learner = build_learner(config.model, channels, n_way=config.train.ways, image_size=side)
     if not isinstance(learner, MAML):
         raise MnemetaError(
             f"--memory adapts the weights of MAML-family learners (maml, fomaml, metasgd, "
             f"anil); this checkpoint is {config.model.algorithm}"
         )
-    learner.load_state_dict(state["model"])
-    learner.to(dev).eval()
-    sampler = EpisodeSampler(
-        splits[ec.split],
-        ways=config.train.ways,  # the output layer's width
-        shots=ec.shots,
-        queries=ec.queries,
-        device=dev,
-        split=ec.split,
-    )
+    learner.eval()
+    channels, side, _ = sampler.data.image_shape
     encoder = getattr(learner.model, "encoder", None)
     if not isinstance(encoder, torch.nn.Module):
         raise MnemetaError("--memory needs a model with an encoder (the task embedding's features)")
