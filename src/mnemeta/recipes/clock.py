@@ -7,7 +7,10 @@ a run made in one go and for one continued over several sessions.
 
 from __future__ import annotations
 
+import sys
 import time
+
+from tqdm import tqdm
 
 from mnemeta.errors import MnemetaError
 
@@ -44,3 +47,10 @@ class TrainingClock:
                 f"{path} has already trained {self.trained_before / 60:.1f} min, the run's "
                 f"train.max_minutes={self.max_minutes:g}; raise it with --set to train further"
             )
+
+    def announce_stop(self, step: int, steps: int) -> None:
+        tqdm.write(
+            f"train.max_minutes={self.max_minutes:g} reached after step {step} of {steps}; "
+            "evaluating",
+            file=sys.stdout,
+        )

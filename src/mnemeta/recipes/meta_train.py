@@ -39,7 +39,7 @@ from mnemeta.recipes.clock import TrainingClock
 from mnemeta.recipes.evaluate import evaluate
 from mnemeta.recipes.logging import MetricsLog
 from mnemeta.recipes.plots import plot_training_curves
-from mnemeta.recipes.resume import check_resumable
+from mnemeta.recipes.resume import check_resumable, interrupted, resumed_clock
 
 
 def meta_train(
@@ -108,13 +108,7 @@ def meta_train(
         torch.set_rng_state(state["rng"]["torch"])
         running = state["running"].to(device)
         start = int(state["step"])
-        clock = TrainingClock(tc.max_minutes, float(state.get("train_seconds", 0.0)))
-        if start >= tc.steps:
-            raise MnemetaError(
-                f"{resume} is already at step {start} of {tc.steps}; raise "
-                "train.steps with --set to train further"
-            )
-        clock.check_resumable(resume)
+        clock = resumed_clock(state, config, resume)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
     log = MetricsLog(run_dir, resume_step=start if resume is not None else None)
@@ -200,21 +194,14 @@ def meta_train(
             if done % tc.checkpoint_every == 0 or last:
                 checkpoint(done)
             if out_of_time:
-                tqdm.write(
-                    f"train.max_minutes={tc.max_minutes:g} reached after step {done} of "
-                    f"{tc.steps}; evaluating",
-                    file=sys.stdout,
-                )
+                clock.announce_stop(done, tc.steps)
                 break
     except KeyboardInterrupt:
         # Interrupted mid-step: the last completed step is `step` (its update is not applied
         # if the interrupt came before optimizer.step, so keep the last written checkpoint).
         bar.close()
         log.close()
-        raise MnemetaError(
-            f"interrupted; resume from the last checkpoint with --resume "
-            f"{run_dir / 'checkpoint.pt'}"
-        ) from None
+        raise interrupted(run_dir) from None
     bar.close()
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -4,10 +4,12 @@ Shared by every training recipe."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from mnemeta.config import Config
 from mnemeta.errors import MnemetaError
+from mnemeta.recipes.clock import TrainingClock
 
 #: Keys that may change between a run and its resumption: they do not change what is trained.
 RESUMABLE_CHANGES = (
@@ -44,6 +46,27 @@ def check_resumable(saved: dict[str, Any], config: Config, path: str) -> None:
             f"checkpoint {path} was written by another config ({diffs}); resume "
             "with the same preset and --set values, or start a new run"
         )
+
+
+def resumed_clock(state: dict[str, Any], config: Config, path: str) -> TrainingClock:
+    """The training clock of a resumed run, after checking that the run has budget left:
+    steps below ``train.steps`` and, with ``train.max_minutes``, minutes."""
+    start, steps = int(state["step"]), config.train.steps
+    if start >= steps:
+        raise MnemetaError(
+            f"{path} is already at step {start} of {steps}; raise train.steps with --set to "
+            "train further"
+        )
+    clock = TrainingClock(config.train.max_minutes, float(state.get("train_seconds", 0.0)))
+    clock.check_resumable(path)
+    return clock
+
+
+def interrupted(run_dir: Path) -> MnemetaError:
+    """The error for Ctrl-C in a training loop: where to resume from."""
+    return MnemetaError(
+        f"interrupted; resume from the last checkpoint with --resume {run_dir / 'checkpoint.pt'}"
+    )
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -31,7 +31,7 @@ from mnemeta.recipes.clock import TrainingClock
 from mnemeta.recipes.evaluate import mean_ci95
 from mnemeta.recipes.logging import MetricsLog
 from mnemeta.recipes.meta_train import build_optimizer, build_schedule
-from mnemeta.recipes.resume import check_resumable
+from mnemeta.recipes.resume import check_resumable, interrupted, resumed_clock
 
 #: model.algorithm -> the memory of :class:`MemoryAugmentedNetwork`.
 SEQUENCE_ALGORITHMS = {"ntm": "ntm", "mann": "lrua", "lstm": "none"}
@@ -263,13 +263,7 @@ def sequence_train(
         start = int(state["step"])
         if state.get("carry") is not None:
             carry = _carry_from_tensors(model, state["carry"], device)
-        if start >= tc.steps:
-            raise MnemetaError(
-                f"{resume} is already at step {start} of {tc.steps}; raise train.steps with "
-                "--set to train further"
-            )
-        clock = TrainingClock(tc.max_minutes, float(state.get("train_seconds", 0.0)))
-        clock.check_resumable(resume)
+        clock = resumed_clock(state, config, resume)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
     log = MetricsLog(run_dir, resume_step=start if resume is not None else None)
@@ -334,19 +328,12 @@ def sequence_train(
             if done % tc.checkpoint_every == 0 or last:
                 checkpoint(done)
             if out_of_time:
-                tqdm.write(
-                    f"train.max_minutes={tc.max_minutes:g} reached after step {done} of "
-                    f"{tc.steps}; evaluating",
-                    file=sys.stdout,
-                )
+                clock.announce_stop(done, tc.steps)
                 break
     except KeyboardInterrupt:
         bar.close()
         log.close()
-        raise MnemetaError(
-            "interrupted; resume from the last checkpoint with --resume "
-            f"{run_dir / 'checkpoint.pt'}"
-        ) from None
+        raise interrupted(run_dir) from None
     bar.close()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
