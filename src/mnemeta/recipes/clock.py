@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 import time
 
+import torch
 from tqdm import tqdm
 
 from mnemeta.errors import MnemetaError
@@ -31,9 +32,19 @@ class TrainingClock:
         """Start counting (at the top of the training loop: building is not training)."""
         self._start = time.perf_counter()
 
+    def this_run(self) -> float:
+        """Training seconds of this run alone."""
+        return time.perf_counter() - self._start
+
     def seconds(self) -> float:
         """Training seconds of this run and of the runs it resumes."""
-        return self.trained_before + time.perf_counter() - self._start
+        return self.trained_before + self.this_run()
+
+    def finish(self, device: torch.device) -> float:
+        """This run's training seconds, once the GPU (if any) has done the queued work."""
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return self.this_run()
 
     def out_of_time(self) -> bool:
         # On a GPU the host runs ahead by at most its launch queue; the recipes' logging syncs

@@ -131,7 +131,6 @@ def meta_train(
 
     # ---- the loop ----
     learner.train()
-    t_loop = time.perf_counter()
     clock.start()
     bar = tqdm(
         range(start, tc.steps),
@@ -167,7 +166,7 @@ def meta_train(
                     "loss": loss_sum / count,
                     "accuracy": acc_sum / count,
                     "lr": scheduler.get_last_lr()[0],
-                    "seconds": round(time.perf_counter() - t_loop, 2),
+                    "seconds": round(clock.this_run(), 2),
                 }
                 log.log(row)
                 bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{100 * row['accuracy']:.1f}%")
@@ -203,9 +202,7 @@ def meta_train(
         log.close()
         raise interrupted(run_dir) from None
     bar.close()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t_train = time.perf_counter() - t_loop
+    t_train = clock.finish(device)
 
     # ---- final evaluation on the fixed test episodes ----
     t_eval0 = time.perf_counter()

@@ -290,7 +290,6 @@ def sequence_train(
 
     # ---- the loop ----
     model.train()
-    t_loop = time.perf_counter()
     clock.start()
     bar = tqdm(
         range(start, tc.steps), initial=start, total=tc.steps, disable=not show, desc=config.name
@@ -314,7 +313,7 @@ def sequence_train(
             if done % tc.log_every == 0 or last:
                 row: dict[str, Any] = {"step": done, "sequences": done * tc.meta_batch}
                 row.update({k: float(v) / count for k, v in running.items()})
-                row["seconds"] = round(time.perf_counter() - t_loop, 2)
+                row["seconds"] = round(clock.this_run(), 2)
                 running, count = {}, 0
                 log.log(row)
                 summary_line = "  ".join(
@@ -335,9 +334,7 @@ def sequence_train(
         log.close()
         raise interrupted(run_dir) from None
     bar.close()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t_train = time.perf_counter() - t_loop
+    t_train = clock.finish(device)
 
     # ---- final evaluation, report, plots ----
     model.eval()
