@@ -9,14 +9,45 @@ used.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from itertools import pairwise
 
 import torch
 from torch import Tensor, nn
 
+from mnemeta.errors import MnemetaError
 from mnemeta.nn.batchnorm import BatchNorm
 from mnemeta.nn.vmap import under_vmap
+
+
+def pooled_size(
+    input_shape: tuple[int, ...], *, in_channels: int, halvings: int, backbone: str
+) -> tuple[int, int]:
+    """``(H', W')`` of a ``(C, H, W)`` image after ``halvings`` 2x2 max-pools (stride 2, no pad).
+
+    Each pool floors (``84 -> 42 -> 21 -> 10 -> 5``), and ``floor(floor(h / 2) / 2) ==
+    floor(h / 4)``, so the result is ``h // 2**halvings``. A side that reaches 1 before the last
+    pool makes that pool fail at run time, so such a shape is refused here instead.
+    """
+    if len(input_shape) != 3:
+        raise MnemetaError(
+            f"{backbone} takes images (C, H, W); got input_shape {tuple(input_shape)}; pass "
+            "the shape of one image without the batch dimension, e.g. (1, 28, 28)"
+        )
+    c, h, w = input_shape
+    if c != in_channels:
+        raise MnemetaError(
+            f"{backbone} was built for {in_channels} input channel(s) but input_shape "
+            f"{tuple(input_shape)} has {c}; build it with in_channels={c}"
+        )
+    side = 2**halvings
+    if h < side or w < side:
+        raise MnemetaError(
+            f"{backbone} halves the image {halvings} times, so H and W must be at least {side}; "
+            f"got {h}x{w}; use larger images or a shallower backbone"
+        )
+    return h // side, w // side
 
 
 class ConvBlock(nn.Module):
@@ -59,6 +90,7 @@ class Conv4(nn.Module):
         channels_last: bool = True,
     ) -> None:
         super().__init__()
+        self.in_channels, self.hidden, self.depth = in_channels, hidden, depth
         widths = [in_channels] + [hidden] * depth
         self.blocks = nn.Sequential(
             *(
@@ -76,6 +108,17 @@ class Conv4(nn.Module):
         if self.channels_last and x.dim() == 4 and not under_vmap(x):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.blocks(x).flatten(1)
+
+    def out_features(self, input_shape: tuple[int, ...]) -> int:
+        """Length of the flat feature vector for one image of shape ``(C, H, W)``.
+
+        ``hidden * (H // 2**depth) * (W // 2**depth)``: each block keeps the size (3x3 conv,
+        padding 1) and then halves it, flooring (2x2 max-pool). Closed form, no forward pass.
+        """
+        h, w = pooled_size(
+            input_shape, in_channels=self.in_channels, halvings=self.depth, backbone="Conv4"
+        )
+        return (self.hidden if self.depth > 0 else self.in_channels) * h * w
 
 
 class MLP(nn.Module):
@@ -110,6 +153,19 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.layers(x.flatten(1))
+
+    def out_features(self, input_shape: tuple[int, ...]) -> int:
+        """Length of the output for one input of shape ``input_shape`` (its product must be
+        ``in_features``: the input is flattened, so ``(in_features,)`` or e.g. ``(1, 2, 2)``)."""
+        first, last = self.layers[0], self.layers[-1]
+        assert isinstance(first, nn.Linear) and isinstance(last, nn.Linear)
+        n = math.prod(input_shape)
+        if n != first.in_features:
+            raise MnemetaError(
+                f"MLP was built for {first.in_features} input features but input_shape "
+                f"{tuple(input_shape)} has {n}; build it with in_features={n}"
+            )
+        return last.out_features
 
 
 def conv4(
