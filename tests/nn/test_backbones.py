@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from mnemeta.errors import MnemetaError
-from mnemeta.nn import MLP, Conv4
+from mnemeta.nn import MLP, Conv4, ResNet12
 
 # Odd sizes on purpose: 84 -> 42 -> 21 -> 10 -> 5 floors twice, 20 -> 10 -> 5 -> 2 -> 1 floors
 # once, 28 is Omniglot, 16 the smallest a 4-pool backbone takes; non-square too.
@@ -19,6 +19,9 @@ IMAGE_BACKBONES: dict[str, Callable[[int], nn.Module]] = {
     "conv4": lambda c: Conv4(c, 3),
     "conv4-depth3": lambda c: Conv4(c, 2, depth=3, channels_last=False),
     "conv4-depth0": lambda c: Conv4(c, 2, depth=0),
+    "resnet12": lambda c: ResNet12(c, (2, 3, 4, 5)),
+    "resnet12-flat": lambda c: ResNet12(c, (2, 3, 4, 5), avg_pool=False),
+    "resnet12-3blocks": lambda c: ResNet12(c, (2, 3, 4), avg_pool=False, channels_last=False),
 }
 
 

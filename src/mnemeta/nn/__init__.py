@@ -2,5 +2,17 @@
 
 from mnemeta.nn.backbones import MLP, Conv4, ConvBlock, conv4, mlp
 from mnemeta.nn.batchnorm import BatchNorm
+from mnemeta.nn.resnet12 import DropBlock, ResidualBlock, ResNet12, resnet12
 
-__all__ = ["MLP", "BatchNorm", "Conv4", "ConvBlock", "conv4", "mlp"]
+__all__ = [
+    "MLP",
+    "BatchNorm",
+    "Conv4",
+    "ConvBlock",
+    "DropBlock",
+    "ResNet12",
+    "ResidualBlock",
+    "conv4",
+    "mlp",
+    "resnet12",
+]
