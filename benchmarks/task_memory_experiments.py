@@ -345,7 +345,7 @@ def omniglot_features(args: argparse.Namespace) -> tuple[Tensor, list[str], dict
 
     state = load_checkpoint(args.backbone)
     config = config_from_dict(checkpoint_config(state), args.backbone)
-    learner = build_learner(config.model, 1, n_way=config.train.ways, image_size=28)
+    learner = build_learner(config, (1, 28, 28), n_way=config.train.ways)
     learner.load_state_dict(state["model"])
     encoder = learner.encoder.eval()  # type: ignore[union-attr]
     data = load_omniglot(find_omniglot_root(args.data), split="vinyals", image_size=28)["test"]
@@ -849,7 +849,7 @@ def run_paired(args: argparse.Namespace) -> None:
         config.data.root = args.data
         ec = config.eval
         splits = build_splits(config.data)
-        learner = build_learner(config.model, 1, n_way=config.train.ways, image_size=28)
+        learner = build_learner(config, (1, 28, 28), n_way=config.train.ways)
         learner.load_state_dict(state["model"])
         learner.eval()
         sampler = EpisodeSampler(splits[ec.split], ways=ec.ways, shots=ec.shots, queries=ec.queries)

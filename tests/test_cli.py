@@ -13,7 +13,7 @@ from mnemeta.cli import main
 
 TINY = [
     "--set",
-    "model.hidden=8",
+    "backbone.hidden=8",
     "--set",
     "train.ways=5",
     "--set",
@@ -46,7 +46,10 @@ def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
             ["--set", "train.shots=15", "--set", "train.queries=10"],
             "shots + queries = 15 + 10 = 25 but some classes of split 'train' have only 20",
         ),
-        (["--set", "model.algorithm=mamal"], "model.algorithm='mamal' is unknown; choose one of"),
+        (
+            ["--set", "model.algorithm=mamal"],
+            "model.algorithm='mamal' is unknown; did you mean 'maml'",
+        ),
         (
             ["--device", "cuda:7"]
             if not __import__("torch").cuda.is_available()

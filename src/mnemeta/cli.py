@@ -129,9 +129,11 @@ def _train(args: argparse.Namespace) -> int:
     resume = None
     if args.resume is not None:
         resume = args.resume or str(config.run_dir / "checkpoint.pt")
-    from mnemeta.recipes.sequence_train import SEQUENCE_ALGORITHMS, sequence_train
+    from mnemeta.recipes.build import learner_spec
 
-    if config.model.algorithm in SEQUENCE_ALGORITHMS:
+    if learner_spec(config).recipe == "sequence":
+        from mnemeta.recipes.sequence_train import sequence_train
+
         sequence_train(config, resume=resume, progress=args.progress)
         print((config.run_dir / "result.md").read_text().strip())
         print(f"results, checkpoint and curves: {config.run_dir}/")
@@ -178,13 +180,12 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     from mnemeta.config import load_config, preset_names
-    from mnemeta.recipes.build import ALGORITHMS, BACKBONES, DATASETS
-    from mnemeta.recipes.sequence_train import SEQUENCE_ALGORITHMS
+    from mnemeta.registry import BACKBONES, DATASETS, LEARNERS
 
     print("presets (mnemeta train NAME):")
     for name in preset_names():
         c = load_config(name)
-        if c.model.algorithm in SEQUENCE_ALGORITHMS:
+        if LEARNERS.get(c.model.algorithm).recipe == "sequence":
             task = (
                 f"copy, lengths {c.sequence.min_length}-{c.sequence.max_length}"
                 if c.data.dataset == "copy"
@@ -196,9 +197,16 @@ def _list(args: argparse.Namespace) -> int:
             f"  {name:34s} {c.model.algorithm:11s} {c.data.dataset:9s} {task}, "
             f"{c.train.steps} steps"
         )
-    print(f"datasets:   {', '.join(sorted([*DATASETS, 'copy']))}")
-    print(f"algorithms: {', '.join(sorted([*ALGORITHMS, *SEQUENCE_ALGORITHMS]))}")
-    print(f"backbones:  {', '.join(sorted(BACKBONES))}")
+    print("\nlearners (model.algorithm; its keys go in [model]):")
+    for spec in LEARNERS:
+        print(f"  {spec.name:12s} {spec.summary}")
+        print(f"  {'':12s} keys: {', '.join(k for k in spec.key_names() if k != 'algorithm')}")
+    print("\nbackbones (model.backbone; its keys go in [backbone]):")
+    for b in BACKBONES:
+        print(f"  {b.name:12s} {b.summary}; keys: {', '.join(b.key_names())}")
+    print("\ndatasets (data.dataset):")
+    for d in DATASETS:
+        print(f"  {d.name:12s} {d.summary}")
     return 0
 
 

@@ -1,74 +1,39 @@
 """Run configuration: one dataclass per section, loaded from TOML, overridden by ``--set``.
 
 A config file (or a named preset shipped in ``mnemeta/presets/``) gives the values that differ
-from the defaults below; ``--set section.key=value`` overrides single values. Every key and
-every value's type is checked, so a typo fails before any work starts, with a one-line message.
+from the defaults; ``--set section.key=value`` overrides single values. Every key and every
+value's type is checked, so a typo fails before any work starts, with a one-line message.
+
+The ``[model]`` section is the chosen learner's own config: ``model.algorithm`` names the
+learner (see ``mnemeta list``) and picks its dataclass from :data:`mnemeta.registry.LEARNERS`,
+so a key that learner does not read is an error that lists the keys it does read. Learners that
+embed images name ``model.backbone``, whose own keys live in ``[backbone]``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
 import sys
+import types
+import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from mnemeta.errors import MnemetaError
+import mnemeta.algorithms
+import mnemeta.nn  # noqa: F401  (fills BACKBONES)
+from mnemeta.data.datasets import DataConfig
+from mnemeta.errors import ConfigError
+from mnemeta.registry import BACKBONES, LEARNERS, EpisodicConfig, LearnerConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
-
-
-@dataclass
-class DataConfig:
-    dataset: str = "omniglot"  # omniglot | glyphs (synthetic, embedded: needs no download)
-    root: str = ""  # empty: $MNEMETA_DATA/omniglot
-    split: str = (
-        "vinyals"  # vinyals: 1200/423 characters x 4 rotations; lake: background/evaluation
-    )
-    image_size: int = 28  # the paper's 28x28 for Omniglot
-    download: bool = False  # fetch the official zips if the data is missing
-    cache_dir: str = ""  # empty: next to the data
-
-
-@dataclass
-class ModelConfig:
-    # protonet | matching | meta_memory | maml | fomaml | metasgd | anil | reptile |
-    # ntm | mann | lstm (sequence models, recipes/sequence_train.py)
-    algorithm: str = "protonet"
-    backbone: str = "conv4"
-    hidden: int = 64  # channels of each Conv-4 block
-    distance: str = "sqeuclidean"  # protonet: sqeuclidean (the paper's) | cosine
-    fce: bool = False  # matching: full-context embeddings
-    scale: float = 10.0  # matching: multiplies the cosine before the softmax
-    # --- optimisation-based learners (maml, fomaml, metasgd, anil, reptile) ---
-    inner_lr: float = 0.4  # α (Meta-SGD: its initial value); Reptile: inner Adam step size
-    inner_steps: int = 1  # inner steps in meta-training
-    eval_inner_steps: int = 0  # inner steps at test time; 0: as in training
-    eval_inner_lr: float = 0.0  # α at test time; 0: as in training
-    inner_batch: int = 10  # reptile: inner mini-batch size
-    eval_inner_batch: int = 5  # reptile: the same at test time
-    strategy: str = "auto"  # auto (vmap on GPU, loop on CPU) | vmap | loop
-    task_chunk: int = 0  # tasks per vmap call; 0: the whole meta-batch
-    hops: int = 2  # meta_memory: reasoning hops of attention over the support memory
-    # --- memory-augmented networks (ntm, mann, lstm) ---
-    controller: int = 100  # LSTM units: Graves's copy task 100, Santoro's MANN 200
-    memory_rows: int = 128  # N, both papers
-    memory_width: int = 20  # W: copy task 20, MANN 40
-    read_heads: int = 1  # copy task 1, MANN 4
-    write_heads: int = 1  # NTM only; an LRUA head writes with its read key
-    shift_range: int = 1  # NTM location shifts -R..R; copying needs only +-1
-    usage_decay: float = 0.95  # LRUA's gamma
-    key_strength: bool = True  # LRUA: learn beta for the reads (False: the paper's beta = 1)
-    initial_strength: float = (
-        10.0  # LRUA: beta at initialisation (softplus(0) = 0.69 trains slowly)
-    )
-    wipe_memory: bool = True  # MANN: wipe the memory between episodes (False: Santoro's no-wipe)
 
 
 @dataclass
@@ -119,6 +84,17 @@ class EvalConfig:
     val_episodes: int = 200
 
 
+DEFAULT_ALGORITHM = "protonet"
+
+
+def _default_model() -> LearnerConfig:
+    return _learner_config(DEFAULT_ALGORITHM)
+
+
+def _default_backbone() -> Any:
+    return _backbone_config(_default_model())
+
+
 @dataclass
 class Config:
     name: str = "run"
@@ -126,7 +102,10 @@ class Config:
     device: str = "auto"  # auto: CUDA when present, else CPU
     out_dir: str = ""  # empty: runs/<name>
     data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    # The learner's own dataclass (ProtoNetConfig, MAMLConfig, ...), chosen by model.algorithm.
+    model: LearnerConfig = field(default_factory=_default_model)
+    # The backbone's own dataclass, chosen by model.backbone; None for learners without one.
+    backbone: Any = field(default_factory=_default_backbone)
     sequence: SequenceConfig = field(default_factory=SequenceConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -156,7 +135,7 @@ def load_config(source: str, overrides: list[str] | tuple[str, ...] = ()) -> Con
     if source.endswith(".toml") or Path(source).is_file():
         path = Path(source)
         if not path.is_file():
-            raise MnemetaError(
+            raise ConfigError(
                 f"config file {source} does not exist; give a path to a .toml file "
                 "or a preset name from `mnemeta list`"
             )
@@ -166,73 +145,195 @@ def load_config(source: str, overrides: list[str] | tuple[str, ...] = ()) -> Con
     else:
         close = difflib.get_close_matches(source, preset_names(), n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
-        raise MnemetaError(
+        raise ConfigError(
             f"unknown preset {source!r}; {hint}`mnemeta list` shows the presets, or give a "
             ".toml file"
         )
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise MnemetaError(f"{origin} is not valid TOML ({e}); fix the file") from None
-    config = config_from_dict(raw, origin)
-    for item in overrides:
-        apply_override(config, item)
-    return config
+        raise ConfigError(f"{origin} is not valid TOML ({e}); fix the file") from None
+    return config_from_dict(raw, origin, overrides)
 
 
-def config_from_dict(raw: dict[str, Any], origin: str = "config") -> Config:
-    config = Config()
+def config_from_dict(
+    raw: dict[str, Any], origin: str = "config", overrides: list[str] | tuple[str, ...] = ()
+) -> Config:
+    """A config from nested ``raw`` values (a TOML file's), then ``key=value`` overrides.
+
+    The learner (``model.algorithm``) and its backbone are chosen first, from the overrides if
+    they name one, else from ``raw``: they decide which keys ``[model]`` and ``[backbone]`` have.
+    """
+    algorithm = _chosen(raw, overrides, "model.algorithm") or DEFAULT_ALGORITHM
+    model = _learner_config(algorithm)
+    backbone = _chosen(raw, overrides, "model.backbone")
+    if isinstance(model, EpisodicConfig):
+        model.backbone = backbone or model.backbone
+    elif backbone:
+        raise ConfigError(
+            f"{origin}: model.backbone={backbone!r}: {algorithm} takes no backbone; remove the key"
+        )
+    config = Config(model=model, backbone=_backbone_config(model))
     for key, value in _flatten(raw):
-        set_value(config, key, value, origin)
+        if key not in _CHOOSERS:
+            set_value(config, key, value, origin)
+    for item in overrides:
+        if item.partition("=")[0].strip() not in _CHOOSERS:
+            apply_override(config, item)
     return config
+
+
+#: The keys that choose which dataclasses the config has; applied before all others.
+_CHOOSERS = ("model.algorithm", "model.backbone")
+
+
+def config_from_saved(raw: dict[str, Any], origin: str) -> Config:
+    """The config stored in a checkpoint, also one written by mnemeta 0.1 (translated)."""
+    return config_from_dict(translate_legacy(raw), origin)
+
+
+#: mnemeta 0.1 wrote "0" for "as in training" / "the whole meta-batch"; now they are None.
+_LEGACY_ZERO_MEANS_NONE = ("eval_inner_steps", "eval_inner_lr", "task_chunk")
+
+
+def translate_legacy(raw: dict[str, Any]) -> dict[str, Any]:
+    """mnemeta 0.1's config (one ``[model]`` of every learner's keys, no ``[backbone]``) in
+    today's shape: the keys the learner reads, explicit ``None`` for the 0 sentinels, and
+    Conv-4's ``hidden`` under ``[backbone]``. Today's configs are returned unchanged."""
+    model = raw.get("model")
+    if "backbone" in raw or not isinstance(model, dict) or "hidden" not in model:
+        return raw
+    spec = LEARNERS.get(str(model.get("algorithm", DEFAULT_ALGORITHM)))
+    translated: dict[str, Any] = {}
+    for key in spec.key_names():
+        if key in model:
+            value = model[key]
+            if key in _LEGACY_ZERO_MEANS_NONE and value == 0:
+                value = None
+            translated[key] = value
+    out = {**raw, "model": translated}
+    if spec.backbone:
+        out["backbone"] = {"hidden": model["hidden"]}
+    return out
 
 
 def apply_override(config: Config, item: str) -> None:
     """Apply one ``section.key=value`` from the command line; the value is parsed by type."""
     key, sep, text = item.partition("=")
     if not sep:
-        raise MnemetaError(f"--set expects key=value, e.g. train.steps=100; got {item!r}")
-    target, name = _locate(config, key.strip(), "--set")
-    kind = type(getattr(target, name))
-    set_value(config, key.strip(), _parse(text.strip(), kind, key.strip()), "--set")
+        raise ConfigError(f"--set expects key=value, e.g. train.steps=100; got {item!r}")
+    key = key.strip()
+    target, name = _locate(config, key, "--set")
+    kind, optional = _field_type(type(target), name)
+    set_value(config, key, _parse(text.strip(), kind, optional, key), "--set")
 
 
 def set_value(config: Config, key: str, value: Any, origin: str) -> None:
     target, name = _locate(config, key, origin)
-    current = getattr(target, name)
-    kind = type(current)
+    kind, optional = _field_type(type(target), name)
+    if value is None and optional:
+        setattr(target, name, None)
+        return
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
+    if kind is tuple and isinstance(value, list | tuple):
+        value = tuple(value)
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            value = None  # reported below
     if type(value) is not kind:
-        raise MnemetaError(
-            f"{origin}: {key} expects {_kind_name(kind)}, got {value!r}; "
-            f"e.g. {key}={json.dumps(current)}"
+        example = json.dumps(getattr(target, name))
+        raise ConfigError(
+            f"{origin}: {key} expects {_kind_name(kind, optional)}, got {value!r}; "
+            f"e.g. {key}={example}"
+        )
+    if key in _CHOOSERS and value != getattr(target, name):
+        raise ConfigError(
+            f"{origin}: {key}={value!r} cannot change an existing config (it is "
+            f"{getattr(target, name)!r}); build the config with config_from_dict"
         )
     setattr(target, name, value)
 
 
+def _chosen(raw: dict[str, Any], overrides: list[str] | tuple[str, ...], key: str) -> str:
+    """The value of ``key`` the config ends with: the last override naming it, else ``raw``'s."""
+    for item in reversed(overrides):
+        k, sep, text = item.partition("=")
+        if sep and k.strip() == key:
+            return text.strip()
+    section, name = key.split(".")
+    value = raw.get(section, {}).get(name, "") if isinstance(raw.get(section), dict) else ""
+    if not isinstance(value, str):
+        raise ConfigError(f'{key} expects a string, got {value!r}; e.g. {key}="protonet"')
+    return value
+
+
+def _learner_config(algorithm: str) -> LearnerConfig:
+    config = LEARNERS.get(algorithm).config(algorithm=algorithm)
+    assert isinstance(config, LearnerConfig)
+    return config
+
+
+def _backbone_config(model: LearnerConfig) -> Any:
+    if not isinstance(model, EpisodicConfig):
+        return None
+    return BACKBONES.get(model.backbone).config()
+
+
 def _locate(config: Config, key: str, origin: str) -> tuple[Any, str]:
     parts = key.split(".")
+    if parts[0] == "backbone" and config.backbone is None:
+        raise ConfigError(
+            f"{origin}: {key}: {config.model.algorithm} takes no backbone; remove the "
+            "[backbone] section"
+        )
     target: Any = config
     for i, part in enumerate(parts):
         names = [f.name for f in dataclasses.fields(target)]
         if part not in names:
-            known = _all_keys(config)
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f"did you mean {close[0]}? " if close else ""
-            raise MnemetaError(
-                f"{origin}: unknown key {key!r}; {hint}`mnemeta train PRESET --print-config` lists "
-                "every key"
-            )
+            raise ConfigError(_unknown_key(config, key, parts[:i], origin))
         if i < len(parts) - 1:
             target = getattr(target, part)
             if not dataclasses.is_dataclass(target):
-                raise MnemetaError(
-                    f"{origin}: {'.'.join(parts[: i + 1])} is a value, not a section"
-                )
+                raise ConfigError(f"{origin}: {'.'.join(parts[: i + 1])} is a value, not a section")
         elif dataclasses.is_dataclass(getattr(target, part)):
-            raise MnemetaError(f"{origin}: {key} is a section; set one of its keys, e.g. {key}.…")
+            raise ConfigError(f"{origin}: {key} is a section; set one of its keys, e.g. {key}.…")
     return target, parts[-1]
+
+
+def _unknown_key(config: Config, key: str, section: list[str], origin: str) -> str:
+    if section == ["model"]:
+        reads = ", ".join(f"model.{k}" for k in LEARNERS.get(config.model.algorithm).key_names())
+        return (
+            f"{origin}: {key} is not read by {config.model.algorithm}; it reads {reads} "
+            "(remove the key, or choose a learner that reads it: `mnemeta list`)"
+        )
+    if section == ["backbone"]:
+        name = getattr(config.model, "backbone", "")
+        reads = ", ".join(f"backbone.{k}" for k in BACKBONES.get(name).key_names())
+        return f"{origin}: {key} is not read by the {name} backbone; it reads {reads}"
+    close = difflib.get_close_matches(key, _all_keys(config), n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    return (
+        f"{origin}: unknown key {key!r}; {hint}`mnemeta train PRESET --print-config` lists "
+        "every key"
+    )
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _field_type(cls: type, name: str) -> tuple[type, bool]:
+    """(the value's type, whether None is allowed) from the dataclass field's annotation."""
+    hint = _hints(cls)[name]
+    optional = False
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(hint))
+        hint = args[0]
+    origin = typing.get_origin(hint)
+    return (origin if origin is not None else hint), optional
 
 
 def _all_keys(config: Any, prefix: str = "") -> list[str]:
@@ -251,12 +352,16 @@ def _flatten(raw: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     for k, v in raw.items():
         if isinstance(v, dict):
             items += _flatten(v, f"{prefix}{k}.")
+        elif v is None and not prefix and k == "backbone":
+            continue  # a saved config of a learner without a backbone
         else:
             items.append((prefix + k, v))
     return items
 
 
-def _parse(text: str, kind: type, key: str) -> Any:
+def _parse(text: str, kind: type, optional: bool, key: str) -> Any:
+    if optional and text.lower() in ("none", "null"):
+        return None
     try:
         if kind is bool:
             if text.lower() in ("true", "1", "yes"):
@@ -268,12 +373,21 @@ def _parse(text: str, kind: type, key: str) -> Any:
             return int(text)
         if kind is float:
             return float(text)
+        if kind is tuple:
+            return tuple(int(v) for v in text.strip("[]()").split(",") if v.strip())
     except ValueError:
-        raise MnemetaError(f"--set: {key} expects {_kind_name(kind)}; got {text!r}") from None
+        raise ConfigError(
+            f"--set: {key} expects {_kind_name(kind, optional)}; got {text!r}"
+        ) from None
     return text
 
 
-def _kind_name(kind: type) -> str:
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
-        kind, kind.__name__
-    )
+def _kind_name(kind: type, optional: bool = False) -> str:
+    name = {
+        bool: "true or false",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        tuple: "a list of integers, e.g. 64,160,320,640",
+    }.get(kind, kind.__name__)
+    return f"{name} or none" if optional else name

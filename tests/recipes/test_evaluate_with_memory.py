@@ -19,7 +19,7 @@ from mnemeta.store import TaskMemory
 
 TINY = [
     "data.image_size=16",  # glyphs render ~3x faster than at 28
-    "model.hidden=8",
+    "backbone.hidden=8",
     "train.ways=5",
     "eval.episodes=6",
     "eval.batch_size=3",
@@ -29,7 +29,7 @@ TINY = [
 def _checkpoint(tmp_path: Path, *extra: str) -> str:
     config = load_config("demo_glyphs_protonet", [*TINY, *extra])
     torch.manual_seed(0)
-    learner = build_learner(config.model, 1, n_way=config.train.ways, image_size=16)
+    learner = build_learner(config, (1, 16, 16), n_way=config.train.ways)
     path = tmp_path / "checkpoint.pt"
     save_checkpoint(path, {"config": config.to_json(), "step": 0, "model": learner.state_dict()})
     return str(path)

@@ -15,7 +15,7 @@ from mnemeta.recipes.evaluate_checkpoint import evaluate_checkpoint
 from mnemeta.recipes.meta_train import meta_train
 
 TINY = [
-    "model.hidden=8",
+    "backbone.hidden=8",
     "train.ways=5",
     "train.queries=2",
     "train.log_every=1",
@@ -86,14 +86,16 @@ def test_a_checkpoint_older_than_a_config_key_still_resumes(tmp_path: Path) -> N
     path = tmp_path / "checkpoint.pt"
     state = load_checkpoint(path)
     saved = json.loads(state["config"])
-    del saved["model"]["hops"]
+    del saved["model"]["distance"]
     save_checkpoint(path, {**state, "config": json.dumps(saved)})
     meta_train(tiny(tmp_path, "train.steps=6"), resume=str(path), progress=False)
     assert load_checkpoint(path)["step"] == 6
     # ... but set to another value it is a different run
-    with pytest.raises(MnemetaError, match="model.hops"):
+    with pytest.raises(MnemetaError, match="model.distance"):
         meta_train(
-            tiny(tmp_path, "train.steps=8", "model.hops=3"), resume=str(path), progress=False
+            tiny(tmp_path, "train.steps=8", "model.distance=cosine"),
+            resume=str(path),
+            progress=False,
         )
 
 

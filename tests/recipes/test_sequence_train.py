@@ -107,7 +107,7 @@ def test_one_shot_report_and_no_wipe_resume(tmp_path: Path) -> None:
 
 def test_cli_trains_a_sequence_preset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["train", "lstm_copy", "--out", str(tmp_path), "--no-progress", "--device", "cpu"]
-    for item in [*COPY, "train.steps=2"]:
+    for item in [*(i for i in COPY if "memory_" not in i), "train.steps=2"]:  # an LSTM has none
         args += ["--set", item]
     assert main(args) == 0
     out = capsys.readouterr().out

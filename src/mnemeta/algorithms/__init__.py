@@ -1,19 +1,29 @@
-"""Meta-learners. Each satisfies :class:`mnemeta.algorithms.protocol.MetaLearner`."""
+"""Meta-learners. Each satisfies :class:`mnemeta.algorithms.protocol.MetaLearner` and declares
+itself (name, config, builder) in :data:`mnemeta.registry.LEARNERS` when its module is imported;
+importing this package imports them all."""
 
+from mnemeta.algorithms.maml import MAML, Classifier, MAMLConfig
+from mnemeta.algorithms.mann import MemoryAugmentedNetwork
 from mnemeta.algorithms.matching import MatchingNet
 from mnemeta.algorithms.meta_memory import MetaMemoryNet
 from mnemeta.algorithms.protocol import MetaLearner, Predictor, accuracy
 from mnemeta.algorithms.protonet import ProtoNet, prototypes, squared_euclidean
+from mnemeta.algorithms.reptile import Reptile
 from mnemeta.algorithms.task_embedding import support_embedding, task_embedding
 from mnemeta.algorithms.task_memory_adapt import MemoryAugmentedAdaptation
 
 __all__ = [
+    "MAML",
+    "Classifier",
+    "MAMLConfig",
     "MatchingNet",
     "MemoryAugmentedAdaptation",
+    "MemoryAugmentedNetwork",
     "MetaLearner",
     "MetaMemoryNet",
     "Predictor",
     "ProtoNet",
+    "Reptile",
     "accuracy",
     "prototypes",
     "squared_euclidean",

@@ -18,6 +18,8 @@ ops, so that their second-order gradient under vmap is right).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -34,6 +36,8 @@ from mnemeta.algorithms.inner_loop import (
 )
 from mnemeta.algorithms.protocol import Predictor, accuracy
 from mnemeta.episode import EpisodeBatch, Support
+from mnemeta.errors import ConfigError
+from mnemeta.registry import LEARNERS, BuildContext, EpisodicConfig, LearnerSpec
 
 
 class MAML(nn.Module):
@@ -71,9 +75,9 @@ class MAML(nn.Module):
     ) -> None:
         super().__init__()
         if task not in ("classification", "regression"):
-            raise ValueError(f"task must be 'classification' or 'regression'; got {task!r}")
+            raise ConfigError(f"task must be 'classification' or 'regression'; got {task!r}")
         if strategy not in ("auto", "vmap", "loop"):
-            raise ValueError(f"strategy must be 'auto', 'vmap' or 'loop'; got {strategy!r}")
+            raise ConfigError(f"model.strategy={strategy!r} is unknown; choose auto, vmap or loop")
         self.model = model
         self.task = task
         self.inner_lr, self.inner_steps = inner_lr, inner_steps
@@ -84,7 +88,7 @@ class MAML(nn.Module):
         self.strategy, self.task_chunk = strategy, task_chunk
         names = [n for n, _ in model.named_parameters() if self._adapted(n)]
         if not names:
-            raise ValueError(f"no parameter of the model starts with {self.adapt_prefixes}")
+            raise ConfigError(f"no parameter of the model starts with {self.adapt_prefixes}")
         if learn_inner_lr:
             # Meta-SGD: α has the shape of the weight it scales; ParameterDict keys may not
             # contain dots.
@@ -217,3 +221,46 @@ class Classifier(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.encoder(x))
+
+
+@dataclass
+class MAMLConfig(EpisodicConfig):
+    inner_lr: float = 0.4  # α: Finn et al.'s Omniglot 5-way value (Meta-SGD: every α's start)
+    inner_steps: int = 1  # inner steps in meta-training (Omniglot 5-way: 1; 20-way: 5)
+    eval_inner_steps: int | None = None  # inner steps at test time; None: as in training
+    eval_inner_lr: float | None = None  # α at test time; None: as in training
+    strategy: str = "auto"  # vmap over tasks on a GPU, a loop on a CPU | vmap | loop
+    task_chunk: int | None = None  # tasks per vmap call, to bound GPU memory; None: all
+
+
+def _family(**switches: Any) -> Any:
+    def build(cfg: MAMLConfig, ctx: BuildContext) -> MAML:
+        # Batch statistics of each task (the MAML paper), no running statistics.
+        encoder = ctx.build_backbone(per_task_statistics=True)
+        return MAML(
+            Classifier(encoder, encoder.out_features(ctx.input_shape), ctx.outputs),
+            inner_lr=cfg.inner_lr,
+            inner_steps=cfg.inner_steps,
+            eval_inner_steps=cfg.eval_inner_steps,
+            eval_inner_lr=cfg.eval_inner_lr,
+            strategy=cfg.strategy,
+            task_chunk=cfg.task_chunk or 0,
+            **switches,
+        )
+
+    return build
+
+
+for _name, _summary, _switches in (
+    ("maml", "MAML, second order (Finn, Abbeel & Levine 2017)", {}),
+    ("fomaml", "first-order MAML: inner gradients detached", {"first_order": True}),
+    (
+        "metasgd",
+        "Meta-SGD: a learned step size per weight (Li et al. 2017)",
+        {"learn_inner_lr": True},
+    ),
+    ("anil", "ANIL: MAML adapting only the head (Raghu et al. 2020)", {"adapt": ("head.",)}),
+):
+    LEARNERS.register(
+        LearnerSpec(_name, MAMLConfig, _summary, build=_family(**_switches), fixed_ways=True)
+    )

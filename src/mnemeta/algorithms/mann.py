@@ -18,13 +18,16 @@ Time is a Python loop (the recurrence); heads and rows are batched tensor ops.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
+from mnemeta.errors import ConfigError
 from mnemeta.memory import lrua, ntm
 from mnemeta.memory.addressing import head_param_size, head_params
+from mnemeta.registry import LEARNERS, BuildContext, LearnerConfig, LearnerSpec
 
 MEMORIES = ("ntm", "lrua", "none")
 
@@ -73,7 +76,7 @@ class MemoryAugmentedNetwork(nn.Module):
     ) -> None:
         super().__init__()
         if memory not in MEMORIES:
-            raise ValueError(f"memory must be one of {MEMORIES}; got {memory!r}")
+            raise ConfigError(f"memory must be one of {MEMORIES}; got {memory!r}")
         self.memory_kind = memory
         self.rows, self.width = rows, width
         self.read_heads = read_heads if memory != "none" else 0
@@ -195,3 +198,76 @@ class MemoryAugmentedNetwork(nn.Module):
             state, keys, gate, decay=self.usage_decay, strength=strength
         )
         return reads, state, w_read, w_write
+
+
+@dataclass
+class LSTMConfig(LearnerConfig):
+    controller: int = 100  # LSTM units (Graves's copy-task baseline: 256 in its preset)
+    # One-shot episodes: start each episode from a fresh state (False: carry it over, Santoro's
+    # no-wipe variant).
+    wipe_memory: bool = True
+
+
+@dataclass
+class NTMConfig(LSTMConfig):
+    memory_rows: int = 128  # N (Graves et al. §4)
+    memory_width: int = 20  # W (copy task)
+    read_heads: int = 1  # the copy task needs one read and one write head
+    write_heads: int = 1
+    shift_range: int = 1  # location shifts -R..R; copying needs only +-1
+
+
+@dataclass
+class MANNConfig(LSTMConfig):
+    controller: int = 200  # Santoro et al.'s Omniglot controller
+    memory_rows: int = 128  # N
+    memory_width: int = 40  # W
+    read_heads: int = 4  # R; each LRUA head writes with its read key
+    usage_decay: float = 0.95  # γ
+    key_strength: bool = True  # learn β for the reads (False: the paper's β = 1)
+    initial_strength: float = 10.0  # β at initialisation (softplus(0) = 0.69 trains slowly)
+
+
+def _builder(memory: str) -> Any:
+    def build(cfg: LSTMConfig, ctx: BuildContext) -> MemoryAugmentedNetwork:
+        kwargs: dict[str, Any] = {}
+        if isinstance(cfg, NTMConfig):
+            kwargs = dict(
+                rows=cfg.memory_rows,
+                width=cfg.memory_width,
+                read_heads=cfg.read_heads,
+                write_heads=cfg.write_heads,
+                shift_range=cfg.shift_range,
+            )
+        elif isinstance(cfg, MANNConfig):
+            kwargs = dict(
+                rows=cfg.memory_rows,
+                width=cfg.memory_width,
+                read_heads=cfg.read_heads,
+                usage_decay=cfg.usage_decay,
+                key_strength=cfg.key_strength,
+                initial_strength=cfg.initial_strength,
+            )
+        (inputs,) = ctx.input_shape
+        return MemoryAugmentedNetwork(
+            inputs, ctx.outputs, controller=cfg.controller, memory=memory, **kwargs
+        )
+
+    return build
+
+
+for _name, _config, _memory, _summary in (
+    (
+        "ntm",
+        NTMConfig,
+        "ntm",
+        "Neural Turing Machine: LSTM with content+location heads (Graves 2014)",
+    ),
+    ("mann", MANNConfig, "lrua", "MANN: LSTM with an LRUA memory (Santoro et al. 2016)"),
+    ("lstm", LSTMConfig, "none", "LSTM baseline of the memory-augmented networks, no memory"),
+):
+    LEARNERS.register(
+        LearnerSpec(
+            _name, _config, _summary, build=_builder(_memory), recipe="sequence", backbone=False
+        )
+    )

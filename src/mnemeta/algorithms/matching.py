@@ -9,11 +9,14 @@ attends over ``g(S)``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
 from mnemeta.algorithms.protocol import Predictor, accuracy, embed_tasks
 from mnemeta.episode import EpisodeBatch, Support
+from mnemeta.registry import LEARNERS, BuildContext, EpisodicConfig, LearnerSpec
 
 # Probabilities are mixed, not logits, so the log needs a floor to stay finite when every
 # support item of the true class gets zero attention.
@@ -102,3 +105,33 @@ class MatchingNet(nn.Module):
             weights = torch.softmax(h.view(t, q, d) @ g.transpose(1, 2), dim=-1)  # (T, Q, S)
             readout = (weights @ g).reshape(t * q, d)
         return h.view(t, q, d)
+
+
+@dataclass
+class MatchingConfig(EpisodicConfig):
+    fce: bool = False  # full-context embeddings (§2.1.2); the paper's Omniglot runs use none
+    fce_steps: int = 5  # K, attention steps of the query LSTM (with fce)
+    # Multiplies the cosine before the softmax: 1 is the paper's form, whose attention over
+    # cosines in [-1, 1] stays nearly uniform; 10 (Chen et al. 2019) trains faster.
+    scale: float = 10.0
+
+
+def _build(cfg: MatchingConfig, ctx: BuildContext) -> MatchingNet:
+    encoder = ctx.build_backbone(per_task_statistics=False)
+    return MatchingNet(
+        encoder,
+        embedding_dim=encoder.out_features(ctx.input_shape),
+        fce=cfg.fce,
+        fce_steps=cfg.fce_steps,
+        scale=cfg.scale,
+    )
+
+
+LEARNERS.register(
+    LearnerSpec(
+        "matching",
+        MatchingConfig,
+        "Matching Networks: attention over the support set (Vinyals et al. 2016)",
+        build=_build,
+    )
+)

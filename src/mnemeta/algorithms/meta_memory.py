@@ -40,13 +40,16 @@ task t's weights is the gradient of task t's loss alone.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from mnemeta.algorithms.protocol import Predictor, accuracy, embed_tasks
 from mnemeta.episode import EpisodeBatch, Support
+from mnemeta.errors import ConfigError
 from mnemeta.memory import key_value as kv
+from mnemeta.registry import LEARNERS, BuildContext, EpisodicConfig, LearnerSpec
 
 # The label vote is a mixture of one-hot values, so its log needs a floor to stay finite when a
 # class gets no attention at all (as in Matching Networks).
@@ -82,7 +85,7 @@ class MetaMemoryNet(nn.Module):
     ) -> None:
         super().__init__()
         if hops < 0 or inner_steps < 0 or strength <= 0:
-            raise ValueError(
+            raise ConfigError(
                 f"need hops >= 0, inner_steps >= 0 and strength > 0; got hops={hops}, "
                 f"inner_steps={inner_steps}, strength={strength}"
             )
@@ -208,3 +211,40 @@ class MetaMemoryNet(nn.Module):
         vote = read[..., self.feature_dim :]
         linear = q @ weight.transpose(1, 2) + bias.unsqueeze(1)
         return linear + self.vote_weight * (vote + _LOG_FLOOR).log()
+
+
+@dataclass
+class MetaMemoryConfig(EpisodicConfig):
+    hops: int = 2  # H, reasoning hops over the support memory (0: ProtoNet + fine-tuning)
+    # Initial Meta-SGD step sizes: logits move by ~α‖h‖², and ‖h‖² is O(10-100) on Conv-4.
+    inner_lr: float = 0.01
+    inner_steps: int = 1  # fine-tuning steps of the output layer in meta-training
+    eval_inner_steps: int | None = None  # the same at test time; None: as in training
+    strength: float = 10.0  # initial β of the reads: cosines in [-1, 1] need a sharp softmax
+    first_order: bool = False  # do not differentiate through the fine-tuning steps
+
+
+def _build(cfg: MetaMemoryConfig, ctx: BuildContext) -> MetaMemoryNet:
+    # Any n_way (the output layer is built from the memory per episode); BN keeps running
+    # statistics for evaluation, as for the metric learners.
+    encoder = ctx.build_backbone(per_task_statistics=False)
+    return MetaMemoryNet(
+        encoder,
+        encoder.out_features(ctx.input_shape),
+        hops=cfg.hops,
+        inner_lr=cfg.inner_lr,
+        inner_steps=cfg.inner_steps,
+        eval_inner_steps=cfg.eval_inner_steps,
+        strength=cfg.strength,
+        first_order=cfg.first_order,
+    )
+
+
+LEARNERS.register(
+    LearnerSpec(
+        "meta_memory",
+        MetaMemoryConfig,
+        "Meta Memory Network: support set in a key-value memory, multi-hop reads, Meta-SGD head",
+        build=_build,
+    )
+)

@@ -7,11 +7,15 @@ prototypes (eq. 2). Meta-training minimises the query cross-entropy over episode
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
 from mnemeta.algorithms.protocol import Predictor, accuracy, embed_tasks
 from mnemeta.episode import EpisodeBatch, Support
+from mnemeta.errors import ConfigError
+from mnemeta.registry import LEARNERS, BuildContext, EpisodicConfig, LearnerSpec
 
 
 class ProtoNet(nn.Module):
@@ -26,7 +30,9 @@ class ProtoNet(nn.Module):
     def __init__(self, encoder: nn.Module, *, distance: str = "sqeuclidean") -> None:
         super().__init__()
         if distance not in ("sqeuclidean", "cosine"):
-            raise ValueError(f"distance must be 'sqeuclidean' or 'cosine'; got {distance!r}")
+            raise ConfigError(
+                f"model.distance={distance!r} is unknown; choose sqeuclidean or cosine"
+            )
         self.encoder = encoder
         self.distance = distance
 
@@ -78,3 +84,25 @@ def squared_euclidean(a: Tensor, b: Tensor) -> Tensor:
     float32 when points are close, which is exactly when the softmax is most sensitive.
     """
     return (a.unsqueeze(2) - b.unsqueeze(1)).square().sum(dim=-1)
+
+
+@dataclass
+class ProtoNetConfig(EpisodicConfig):
+    # Squared Euclidean: the paper's choice (a Bregman divergence, better than cosine in its
+    # §2.7 ablation); "cosine" compares normalised embeddings.
+    distance: str = "sqeuclidean"
+
+
+def _build(cfg: ProtoNetConfig, ctx: BuildContext) -> ProtoNet:
+    # Metric learners keep running BN statistics for evaluation.
+    return ProtoNet(ctx.build_backbone(per_task_statistics=False), distance=cfg.distance)
+
+
+LEARNERS.register(
+    LearnerSpec(
+        "protonet",
+        ProtoNetConfig,
+        "Prototypical Networks: nearest class mean in embedding space (Snell et al. 2017)",
+        build=_build,
+    )
+)

@@ -11,6 +11,8 @@ form). Its presets use ``train.optimizer = "sgd"`` with ε annealed linearly to 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad
@@ -23,8 +25,11 @@ from mnemeta.algorithms.inner_loop import (
     mse,
     over_tasks,
 )
+from mnemeta.algorithms.maml import Classifier
 from mnemeta.algorithms.protocol import Predictor, accuracy
 from mnemeta.episode import EpisodeBatch, Support
+from mnemeta.errors import ConfigError
+from mnemeta.registry import LEARNERS, BuildContext, EpisodicConfig, LearnerSpec
 
 
 class Reptile(nn.Module):
@@ -153,3 +158,39 @@ def _minibatch_order(shape: torch.Size, steps: int, size: int, device: torch.dev
         ]
     )
     return perms.view(tasks, steps, size).to(device)
+
+
+@dataclass
+class ReptileConfig(EpisodicConfig):
+    inner_lr: float = 1e-3  # the inner Adam's step size (Nichol et al., Omniglot: 0.001)
+    inner_steps: int = 5  # inner Adam iterations per task in meta-training (paper: 5)
+    inner_batch: int = 10  # their mini-batch size (paper: 10)
+    eval_inner_steps: int | None = None  # at test time (paper: 50); None: as in training
+    eval_inner_batch: int = 5  # mini-batch size at test time (paper: 5)
+    strategy: str = "auto"  # vmap over tasks on a GPU, a loop on a CPU | vmap | loop
+
+
+def _build(cfg: ReptileConfig, ctx: BuildContext) -> Reptile:
+    encoder = ctx.build_backbone(per_task_statistics=True)
+    if cfg.strategy not in ("auto", "vmap", "loop"):
+        raise ConfigError(f"model.strategy={cfg.strategy!r} is unknown; choose auto, vmap or loop")
+    return Reptile(
+        Classifier(encoder, encoder.out_features(ctx.input_shape), ctx.outputs),
+        inner_lr=cfg.inner_lr,
+        inner_steps=cfg.inner_steps,
+        inner_batch=cfg.inner_batch,
+        eval_inner_steps=cfg.inner_steps if cfg.eval_inner_steps is None else cfg.eval_inner_steps,
+        eval_inner_batch=cfg.eval_inner_batch,
+        strategy=cfg.strategy,
+    )
+
+
+LEARNERS.register(
+    LearnerSpec(
+        "reptile",
+        ReptileConfig,
+        "Reptile: move towards each task's Adam-adapted weights (Nichol et al. 2018)",
+        build=_build,
+        fixed_ways=True,
+    )
+)

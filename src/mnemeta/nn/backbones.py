@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from itertools import pairwise
 
 import torch
@@ -19,6 +20,7 @@ from torch import Tensor, nn
 from mnemeta.errors import MnemetaError
 from mnemeta.nn.batchnorm import BatchNorm
 from mnemeta.nn.vmap import under_vmap
+from mnemeta.registry import BACKBONES, BackboneSpec
 
 
 def pooled_size(
@@ -184,3 +186,24 @@ def conv4(
 def mlp(in_features: int, hidden: Sequence[int] = (40, 40), out_features: int = 1) -> MLP:
     """An MLP; the default is Finn et al.'s sinusoid regressor 1-40-40-1."""
     return MLP(in_features, hidden, out_features)
+
+
+@dataclass
+class Conv4Config:
+    hidden: int = 64  # channels of each block: 64 in every Omniglot paper reproduced here
+
+
+def _build_conv4(cfg: Conv4Config, in_channels: int, *, per_task_statistics: bool) -> Conv4:
+    # per_task_statistics: BN uses each task's batch statistics and keeps none (the MAML
+    # paper); otherwise running statistics for evaluation. Under vmap BN runs on primitive ops.
+    return Conv4(in_channels, cfg.hidden, track_running_stats=not per_task_statistics)
+
+
+BACKBONES.register(
+    BackboneSpec(
+        "conv4",
+        Conv4Config,
+        "four 3x3 conv-BN-ReLU-pool blocks of `hidden` channels (Vinyals et al. 2016)",
+        build=_build_conv4,
+    )
+)

@@ -16,6 +16,7 @@ DropBlock draws its masks with ``torch.rand_like``, which vmap's ``randomness`` 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from itertools import pairwise
 
 import torch
@@ -26,6 +27,7 @@ from mnemeta.errors import MnemetaError
 from mnemeta.nn.backbones import pooled_size
 from mnemeta.nn.batchnorm import BatchNorm
 from mnemeta.nn.vmap import under_vmap
+from mnemeta.registry import BACKBONES, BackboneSpec
 
 # LeakyReLU slope of TADAM / MetaOptNet's ResNet-12.
 NEGATIVE_SLOPE = 0.1
@@ -251,3 +253,35 @@ def resnet12(
         track_running_stats=track_running_stats,
         primitive_bn=primitive_bn,
     )
+
+
+@dataclass
+class ResNet12Config:
+    # The four residual stages of Oreshkin et al. 2018 (TADAM) and Lee et al. 2019 (MetaOptNet).
+    channels: tuple[int, ...] = (64, 160, 320, 640)
+    avg_pool: bool = True  # global average pool to channels[-1] features (TADAM); False: flatten
+    drop_rate: float = 0.0  # DropBlock's rate (MetaOptNet: 0.1 on mini-ImageNet); 0: off
+    dropblock_size: int = 5  # DropBlock's square side in the last two stages (MetaOptNet: 5)
+
+
+def _build_resnet12(
+    cfg: ResNet12Config, in_channels: int, *, per_task_statistics: bool
+) -> ResNet12:
+    return ResNet12(
+        in_channels,
+        cfg.channels,
+        avg_pool=cfg.avg_pool,
+        drop_rate=cfg.drop_rate,
+        dropblock_size=cfg.dropblock_size,
+        track_running_stats=not per_task_statistics,
+    )
+
+
+BACKBONES.register(
+    BackboneSpec(
+        "resnet12",
+        ResNet12Config,
+        "ResNet-12: four residual stages of 64-160-320-640 channels, optional DropBlock",
+        build=_build_resnet12,
+    )
+)

@@ -9,10 +9,10 @@ from pathlib import Path
 import torch
 
 from mnemeta.checkpoint import atomic_write_text, checkpoint_config, load_checkpoint
-from mnemeta.config import Config, config_from_dict
+from mnemeta.config import Config, config_from_saved
 from mnemeta.data.sampler import EpisodeSampler
-from mnemeta.errors import MnemetaError
-from mnemeta.recipes.build import FIXED_WAYS, Learner, build_learner, build_splits, pick_device
+from mnemeta.errors import CheckpointError, DataError
+from mnemeta.recipes.build import Learner, build_learner, build_splits, check_ways, pick_device
 from mnemeta.recipes.evaluate import EvalResult, evaluate
 
 
@@ -43,9 +43,9 @@ def load_for_evaluation(
     """Rebuild the checkpoint at ``path``; unset arguments come from its config."""
     state = load_checkpoint(path)
     try:
-        config = config_from_dict(checkpoint_config(state), f"checkpoint {path}")
+        config = config_from_saved(checkpoint_config(state), f"checkpoint {path}")
     except (KeyError, ValueError) as e:
-        raise MnemetaError(
+        raise CheckpointError(
             f"checkpoint {path} holds no readable config ({e}); it was not written "
             "by `mnemeta train`"
         ) from None
@@ -60,7 +60,7 @@ def load_for_evaluation(
     dev = pick_device(device or config.device)
     splits = build_splits(config.data)
     if ec.split not in splits:
-        raise MnemetaError(
+        raise DataError(
             f"split {ec.split!r} is not in this dataset; choose one of {', '.join(sorted(splits))}"
         )
     sampler = EpisodeSampler(
@@ -71,18 +71,13 @@ def load_for_evaluation(
         device=dev,
         split=ec.split,
     )
-    if config.model.algorithm in FIXED_WAYS and ec.ways != config.train.ways:
-        raise MnemetaError(
-            f"this {config.model.algorithm} checkpoint has a {config.train.ways}-way "
-            f"output layer; evaluate it with --ways {config.train.ways}"
-        )
-    channels, side, _ = splits[ec.split].image_shape
-    learner = build_learner(config.model, channels, n_way=config.train.ways, image_size=side)
+    check_ways(config, ec.ways, f"evaluate it with --ways {config.train.ways}")
+    learner = build_learner(config, splits[ec.split].image_shape, n_way=config.train.ways)
     try:
         learner.load_state_dict(state["model"])
     except (RuntimeError, KeyError) as e:
         first = str(e).splitlines()[0][:160]
-        raise MnemetaError(
+        raise CheckpointError(
             f"the weights in {path} do not fit the model its config describes "
             f"({first}); the file was changed or written by another version"
         ) from None

@@ -57,7 +57,7 @@ def evaluate_with_memory(
         device=device,
         data_root=data_root,
     )
-    config, learner, sampler, dev = loaded.config, loaded.learner, loaded.sampler, loaded.device
+    config, learner, sampler = loaded.config, loaded.learner, loaded.sampler
     ec = config.eval
     if not isinstance(learner, MAML):
         raise MnemetaError(
@@ -65,12 +65,10 @@ def evaluate_with_memory(
             f"anil); this checkpoint is {config.model.algorithm}"
         )
     learner.eval()
-    channels, side, _ = sampler.data.image_shape
     encoder = getattr(learner.model, "encoder", None)
-    if not isinstance(encoder, torch.nn.Module):
+    if not callable(getattr(encoder, "out_features", None)):
         raise MnemetaError("--memory needs a model with an encoder (the task embedding's features)")
-    with torch.no_grad():
-        features = encoder(torch.zeros(1, channels, side, side, device=dev)).shape[-1]
+    features = int(encoder.out_features(sampler.data.image_shape))  # type: ignore[union-attr]
     memory = TaskMemory(memory_path, dim=embedding_size(features), index="flat")
     try:
         adapter = MemoryAugmentedAdaptation(

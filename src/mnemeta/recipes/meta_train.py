@@ -27,10 +27,10 @@ from mnemeta.config import Config
 from mnemeta.data.sampler import EpisodeSampler
 from mnemeta.errors import MnemetaError
 from mnemeta.recipes.build import (
-    FIXED_WAYS,
     build_learner,
     build_meta_loss,
     build_splits,
+    check_ways,
     device_name,
     pick_device,
     pick_split,
@@ -84,13 +84,10 @@ def meta_train(
         device=device,
         split=ec.split,
     )
-    if config.model.algorithm in FIXED_WAYS and ec.ways != tc.ways:
-        raise MnemetaError(
-            f"{config.model.algorithm} has a {tc.ways}-way output layer, so "
-            f"eval.ways must equal train.ways ({ec.ways} != {tc.ways}); set both"
-        )
-    channels, side, _ = train_data.image_shape
-    learner = build_learner(config.model, channels, n_way=tc.ways, image_size=side).to(device)
+    check_ways(
+        config, ec.ways, f"set eval.ways and train.ways to the same value ({ec.ways} != {tc.ways})"
+    )
+    learner = build_learner(config, train_data.image_shape, n_way=tc.ways).to(device)
     optimizer = build_optimizer(config, learner.parameters())
     meta_loss = build_meta_loss(learner, tc.compile)
     scheduler = build_schedule(config, optimizer)

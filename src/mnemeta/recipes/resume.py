@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mnemeta.config import Config
-from mnemeta.errors import MnemetaError
+from mnemeta.config import Config, config_from_saved
+from mnemeta.errors import CheckpointError, MnemetaError
 from mnemeta.recipes.clock import TrainingClock
 
 #: Keys that may change between a run and its resumption: they do not change what is trained.
@@ -32,9 +32,10 @@ RESUMABLE_CHANGES = (
 
 def check_resumable(saved: dict[str, Any], config: Config, path: str) -> None:
     now = _flat(config.to_dict())
-    # A key the checkpoint lacks was added to mnemeta after it was written; at its default it
-    # cannot have changed the run, so it reads as the default.
-    before = {**_flat(Config().to_dict()), **_flat(saved)}
+    # Read back through the config loader: a key the checkpoint lacks was added to mnemeta
+    # after it was written and reads as its default (at its default it cannot have changed the
+    # run), and a config written by mnemeta 0.1 is translated to today's shape.
+    before = _flat(config_from_saved(saved, f"checkpoint {path}").to_dict())
     changed = sorted(
         k
         for k in set(now) | set(before)
@@ -42,7 +43,7 @@ def check_resumable(saved: dict[str, Any], config: Config, path: str) -> None:
     )
     if changed:
         diffs = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:4])
-        raise MnemetaError(
+        raise CheckpointError(
             f"checkpoint {path} was written by another config ({diffs}); resume "
             "with the same preset and --set values, or start a new run"
         )
@@ -53,7 +54,7 @@ def resumed_clock(state: dict[str, Any], config: Config, path: str) -> TrainingC
     steps below ``train.steps`` and, with ``train.max_minutes``, minutes."""
     start, steps = int(state["step"]), config.train.steps
     if start >= steps:
-        raise MnemetaError(
+        raise CheckpointError(
             f"{path} is already at step {start} of {steps}; raise train.steps with --set to "
             "train further"
         )

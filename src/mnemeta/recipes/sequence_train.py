@@ -25,16 +25,21 @@ from mnemeta.checkpoint import (
 )
 from mnemeta.config import Config
 from mnemeta.data.sequences import CopySampler, OneShotSequenceSampler, copy_batch
-from mnemeta.errors import MnemetaError
-from mnemeta.recipes.build import build_splits, device_name, pick_device, pick_split
+from mnemeta.errors import ConfigError
+from mnemeta.recipes.build import (
+    build_learner,
+    build_splits,
+    device_name,
+    learner_spec,
+    pick_device,
+    pick_split,
+)
 from mnemeta.recipes.clock import TrainingClock
 from mnemeta.recipes.evaluate import mean_ci95
 from mnemeta.recipes.logging import MetricsLog
 from mnemeta.recipes.meta_train import build_optimizer, build_schedule
 from mnemeta.recipes.resume import check_resumable, interrupted, resumed_clock
 
-#: model.algorithm -> the memory of :class:`MemoryAugmentedNetwork`.
-SEQUENCE_ALGORITHMS = {"ntm": "ntm", "mann": "lrua", "lstm": "none"}
 #: Lengths the copy task is evaluated on: within training (<= 20) and beyond (generalisation).
 COPY_EVAL_LENGTHS = (10, 20, 30, 40, 50, 80, 120)
 #: Presentations of a class reported for one-shot episodes (Santoro et al., Table 1).
@@ -135,7 +140,7 @@ class OneShotTask:
             device=device,
         )
         self.classes, self.instances = sc.classes, sc.instances
-        self.wipe = config.model.wipe_memory
+        self.wipe = _wipes(config)
         self.eval_episodes, self.eval_seed, self.eval_batch = ec.episodes, ec.seed, ec.batch_size
         self.inputs = train.images[0, 0].numel() + sc.classes
         self.outputs = sc.classes
@@ -199,21 +204,9 @@ class OneShotTask:
 
 
 def build_network(config: Config, inputs: int, outputs: int) -> MemoryAugmentedNetwork:
-    mc = config.model
-    return MemoryAugmentedNetwork(
-        inputs,
-        outputs,
-        controller=mc.controller,
-        memory=SEQUENCE_ALGORITHMS[mc.algorithm],
-        rows=mc.memory_rows,
-        width=mc.memory_width,
-        read_heads=mc.read_heads,
-        write_heads=mc.write_heads,
-        shift_range=mc.shift_range,
-        usage_decay=mc.usage_decay,
-        key_strength=mc.key_strength,
-        initial_strength=mc.initial_strength,
-    )
+    network = build_learner(config, (inputs,), outputs)
+    assert isinstance(network, MemoryAugmentedNetwork)
+    return network
 
 
 def build_task(config: Config, device: torch.device, *, progress: bool) -> SequenceTask:
@@ -228,8 +221,8 @@ def sequence_train(
     """Train an ``ntm`` / ``mann`` / ``lstm`` config; returns the summary in ``result.json``."""
     t_start = time.perf_counter()
     tc = config.train
-    if config.model.algorithm not in SEQUENCE_ALGORITHMS:
-        raise MnemetaError(f"{config.model.algorithm!r} is not a sequence model")
+    if learner_spec(config).recipe != "sequence":
+        raise ConfigError(f"{config.model.algorithm!r} is not a sequence model")
     device = pick_device(config.device)
     run_dir = config.run_dir
     show = sys.stderr.isatty() if progress is None else progress
@@ -245,7 +238,7 @@ def sequence_train(
     start = 0
     carry: RecurrentState | None = None
     if tc.compile != "off":
-        raise MnemetaError(
+        raise ConfigError(
             f"train.compile={tc.compile!r} applies to the episodic learners' meta-loss; the "
             f"sequence models ({config.model.algorithm}) run eagerly: leave it at 'off'"
         )
@@ -270,7 +263,7 @@ def sequence_train(
 
     def checkpoint(step: int) -> None:
         keep = None
-        if carry is not None and not config.model.wipe_memory:
+        if carry is not None and not _wipes(config):
             keep = [t.detach().cpu() for t in carry.memory]
         save_checkpoint(
             run_dir / "checkpoint.pt",
@@ -414,3 +407,8 @@ def _markdown(summary: dict[str, Any]) -> str:
 
 def _ordinal(n: int) -> str:
     return {1: "st", 2: "nd", 3: "rd"}.get(n if n < 20 else n % 10, "th")
+
+
+def _wipes(config: Config) -> bool:
+    """Whether one-shot episodes start from a wiped memory (every sequence learner's key)."""
+    return bool(getattr(config.model, "wipe_memory", True))
