@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mnemeta.errors import MnemetaError
 
-DEMO_STEPS = 8000  # 67 s for the whole demo on 2 CPU cores (benchmarks/results/maml_sinusoid.md)
+DEMO_STEPS = 8000  # about a minute on 2 CPU cores; the paper's 70,000 take ~5 min
 
 
 def main(argv: list[str] | None = None) -> int:

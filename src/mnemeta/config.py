@@ -63,7 +63,8 @@ class TrainConfig:
     lr_decay_every: int = 2000  # ... every this many steps (Snell et al.: halve every 2000)
     grad_clip: float = 0.0  # max gradient norm; 0 disables
     # torch.compile the meta-loss: off | default | reduce-overhead (CUDA graphs) | max-autotune.
-    # Pays off with strategy vmap on a GPU; compiling takes ~1-2 min once per run.
+    # Meant for strategy vmap on a GPU (not measured there yet; on a 2-core CPU the eager loop
+    # is faster: benchmarks/results/speed_maml.md); compiling takes minutes once per run.
     compile: str = "off"
     max_minutes: float = 0.0  # stop training after this much training time (across resumes)
     log_every: int = 50
