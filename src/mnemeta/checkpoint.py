@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from mnemeta.errors import MnemetaError
+from mnemeta.errors import CheckpointError
 
 FORMAT = "mnemeta-checkpoint"
 VERSION = 1
@@ -51,11 +51,11 @@ def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint`, onto the CPU.
 
-    Raises :class:`MnemetaError` for a missing, truncated, corrupt or foreign file.
+    Raises :class:`CheckpointError` for a missing, truncated, corrupt or foreign file.
     """
     p = Path(path)
     if not p.is_file():
-        raise MnemetaError(
+        raise CheckpointError(
             f"checkpoint {p} does not exist; pass the path of a checkpoint.pt "
             "written by `mnemeta train`"
         )
@@ -63,22 +63,22 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for truncated or foreign files
         if "Weights only load failed" in str(e) and "Unsupported" in str(e):
-            raise MnemetaError(
+            raise CheckpointError(
                 f"{p} holds Python objects besides tensors and plain values; mnemeta refuses to "
                 "load it because unpickling it could run code. Use a checkpoint from "
                 "`mnemeta train`"
             ) from None
         reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-        raise MnemetaError(
+        raise CheckpointError(
             f"checkpoint {p} is truncated or corrupt ({reason}); use an intact checkpoint or "
             "train again"
         ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise MnemetaError(
+        raise CheckpointError(
             f"{p} is not a mnemeta checkpoint; pass a checkpoint.pt written by `mnemeta train`"
         )
     if state.get("version") != VERSION:
-        raise MnemetaError(
+        raise CheckpointError(
             f"checkpoint {p} has format version {state.get('version')}, this "
             f"mnemeta reads version {VERSION}; use the mnemeta that wrote it"
         )

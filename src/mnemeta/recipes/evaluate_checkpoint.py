@@ -8,11 +8,12 @@ from pathlib import Path
 
 import torch
 
-from mnemeta.checkpoint import atomic_write_text, checkpoint_config, load_checkpoint
-from mnemeta.config import Config, config_from_saved
+from mnemeta.checkpoint import atomic_write_text
+from mnemeta.config import Config
 from mnemeta.data.sampler import EpisodeSampler
-from mnemeta.errors import CheckpointError, DataError
-from mnemeta.recipes.build import Learner, build_learner, build_splits, check_ways, pick_device
+from mnemeta.errors import DataError
+from mnemeta.loading import load_learner
+from mnemeta.recipes.build import Learner, build_splits, check_ways, pick_device
 from mnemeta.recipes.evaluate import EvalResult, evaluate
 
 
@@ -41,14 +42,8 @@ def load_for_evaluation(
     data_root: str | None = None,
 ) -> LoadedCheckpoint:
     """Rebuild the checkpoint at ``path``; unset arguments come from its config."""
-    state = load_checkpoint(path)
-    try:
-        config = config_from_saved(checkpoint_config(state), f"checkpoint {path}")
-    except (KeyError, ValueError) as e:
-        raise CheckpointError(
-            f"checkpoint {path} holds no readable config ({e}); it was not written "
-            "by `mnemeta train`"
-        ) from None
+    loaded = load_learner(path)
+    config = loaded.config
     ec = config.eval
     ec.episodes = episodes if episodes is not None else ec.episodes
     ec.ways, ec.shots = ways or ec.ways, shots or ec.shots
@@ -72,17 +67,9 @@ def load_for_evaluation(
         split=ec.split,
     )
     check_ways(config, ec.ways, f"evaluate it with --ways {config.train.ways}")
-    learner = build_learner(config, splits[ec.split].image_shape, n_way=config.train.ways)
-    try:
-        learner.load_state_dict(state["model"])
-    except (RuntimeError, KeyError) as e:
-        first = str(e).splitlines()[0][:160]
-        raise CheckpointError(
-            f"the weights in {path} do not fit the model its config describes "
-            f"({first}); the file was changed or written by another version"
-        ) from None
+    learner = loaded.learner
     learner.to(dev)
-    return LoadedCheckpoint(config, int(state["step"]), learner, sampler, dev)
+    return LoadedCheckpoint(config, loaded.step, learner, sampler, dev)
 
 
 def evaluate_checkpoint(

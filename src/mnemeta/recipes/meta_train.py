@@ -123,6 +123,9 @@ def meta_train(
                 "rng": {"torch": torch.get_rng_state(), "sampler": sampler.get_state()},
                 "running": running.cpu(),
                 "train_seconds": clock.seconds(),
+                # What mnemeta.load needs to rebuild the learner without the data.
+                "input_shape": list(train_data.image_shape),
+                "outputs": tc.ways,
             },
         )
 
