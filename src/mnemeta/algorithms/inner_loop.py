@@ -1,9 +1,10 @@
 """The one functional inner loop that the optimisation-based learners share.
 
 A model is called as a pure function of a dict of tensors (``torch.func.functional_call``); the
-inner loop takes ``torch.func.grad`` of the support loss and steps the *fast weights*, leaving
-the meta-parameters untouched. Whether the meta-gradient flows through the inner updates
-(second-order MAML) or not (first-order) is one flag: the inner gradient is detached or kept.
+inner loop takes ``torch.func.grad`` of the support loss and steps the *fast weights* with the
+one inner optimiser (:mod:`~mnemeta.algorithms.inner_optim`), leaving the meta-parameters
+untouched. Whether the meta-gradient flows through the inner updates (second-order MAML) or not
+(first-order) is one flag: the inner gradient is detached or kept.
 
 The same per-task function runs either under ``torch.func.vmap`` over the tasks of a
 meta-batch (one batched computation: fast on a GPU) or in a Python loop over tasks (faster on
@@ -20,9 +21,10 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from mnemeta.algorithms.inner_optim import Params as Params  # re-exported: learners import it here
+from mnemeta.algorithms.inner_optim import apply_updates, chain, memory_pull, sgd
 from mnemeta.nn.vmap import under_vmap
 
-Params = dict[str, Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -39,7 +41,8 @@ class MemoryPull(NamedTuple):
 
     With weights ``ωᵢ = softmax(similarityᵢ / τ)`` over retrieved tasks, which sum to one, the
     term equals ``β (θ̄ − θ)`` with ``θ̄ = Σᵢ ωᵢ θᵢ``; ``anchor`` holds ``θ̄``. Tensors of the
-    adapted ``params`` missing from ``anchor`` are not pulled.
+    adapted ``params`` missing from ``anchor`` are not pulled. :func:`inner_adapt` chains
+    :func:`~mnemeta.algorithms.inner_optim.memory_pull` with these onto its SGD step.
     """
 
     anchor: Params
@@ -71,7 +74,12 @@ def inner_adapt(
             each step is ``θ ← θ − α∇L(θ) + β Σᵢ ωᵢ (θᵢ − θ)``, both terms taken at the same θ.
 
     Returns the fast weights, ``params`` after the steps (a new dict; nothing is mutated).
+    The steps are :func:`~mnemeta.algorithms.inner_optim.sgd`, chained with
+    :func:`~mnemeta.algorithms.inner_optim.memory_pull` when ``pull`` is given.
     """
+    opt = sgd(lr)
+    if pull is not None:
+        opt = chain(opt, memory_pull(pull.anchor, pull.beta))
 
     def support_loss(p: Params) -> Tensor:
         return loss_fn(functional_call(model, {**fixed, **p}, (x,)), y)
@@ -80,22 +88,16 @@ def inner_adapt(
     # overhead than torch.func.grad (~10% per task on a CPU, measured by
     # benchmarks/speed_maml.py); under vmap only torch.func.grad applies.
     batched = under_vmap(x)
-    fast = params
+    fast, state = params, opt.init(params)
     for _ in range(steps):
         if batched:
             grads = grad(support_loss)(fast)
         else:
             grads = _autograd_grads(support_loss, fast, create_graph=not first_order)
-        stepped = {
-            k: w - _step(lr, k) * (grads[k].detach() if first_order else grads[k])
-            for k, w in fast.items()
-        }
-        if pull is not None:
-            stepped = {
-                k: w + pull.beta * (pull.anchor[k] - fast[k]) if k in pull.anchor else w
-                for k, w in stepped.items()
-            }
-        fast = stepped
+        if first_order:
+            grads = {k: g.detach() for k, g in grads.items()}
+        updates, state = opt.update(grads, state, fast)
+        fast = apply_updates(fast, updates)
     return fast
 
 
@@ -110,10 +112,6 @@ def _autograd_grads(
         loss = loss_fn(leaves)
         grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=create_graph)
     return dict(zip(leaves, grads, strict=True))
-
-
-def _step(lr: float | Params, key: str) -> float | Tensor:
-    return lr[key] if isinstance(lr, dict) else lr
 
 
 def over_tasks(

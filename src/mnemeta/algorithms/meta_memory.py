@@ -45,6 +45,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from mnemeta.algorithms.inner_optim import apply_updates, sgd
 from mnemeta.algorithms.protocol import Predictor, accuracy, embed_tasks
 from mnemeta.episode import EpisodeBatch, Support
 from mnemeta.errors import ConfigError
@@ -179,14 +180,19 @@ class MetaMemoryNet(nn.Module):
         weight, bias = 2 * centres, -centres.square().sum(-1)
         if steps == 0:
             return weight, bias
+        # The learned step sizes are per-tensor SGD rates: α_w of shape (D,) broadcasts over
+        # the (T, N, D) weights (one α per feature, for every task and class), α_b over (T, N).
+        opt = sgd({"weight": self.step_weight, "bias": self.step_bias})
+        layer = {"weight": weight, "bias": bias}
         # Evaluation runs under no_grad, but the fine-tuning needs gradients; outside the
         # meta-gradient (adapt) the weights are fresh leaves, so nothing reaches the
         # meta-parameters.
         with torch.enable_grad():
             if not weight.requires_grad:
-                weight, bias = weight.requires_grad_(), bias.requires_grad_()
+                layer = {k: v.requires_grad_() for k, v in layer.items()}
+            state = opt.init(layer)
             for _ in range(steps):
-                logits = support_h @ weight.transpose(1, 2) + bias.unsqueeze(1)
+                logits = support_h @ layer["weight"].transpose(1, 2) + layer["bias"].unsqueeze(1)
                 # Sum over tasks of each task's mean loss: task t's gradient is its own.
                 loss = (
                     nn.functional.cross_entropy(
@@ -196,10 +202,12 @@ class MetaMemoryNet(nn.Module):
                     .mean(1)
                     .sum()
                 )
-                g_w, g_b = torch.autograd.grad(loss, (weight, bias), create_graph=create_graph)
-                weight = weight - self.step_weight * g_w
-                bias = bias - self.step_bias * g_b
-        return weight, bias
+                g_w, g_b = torch.autograd.grad(
+                    loss, (layer["weight"], layer["bias"]), create_graph=create_graph
+                )
+                updates, state = opt.update({"weight": g_w, "bias": g_b}, state, layer)
+                layer = apply_updates(layer, updates)
+        return layer["weight"], layer["bias"]
 
     def _query_logits(
         self, memory: kv.KeyValueState, query_z: Tensor, weight: Tensor, bias: Tensor

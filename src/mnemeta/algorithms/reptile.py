@@ -25,6 +25,7 @@ from mnemeta.algorithms.inner_loop import (
     mse,
     over_tasks,
 )
+from mnemeta.algorithms.inner_optim import adam, apply_updates
 from mnemeta.algorithms.maml import Classifier
 from mnemeta.algorithms.protocol import Predictor, accuracy
 from mnemeta.episode import EpisodeBatch, Support
@@ -115,20 +116,12 @@ class Reptile(nn.Module):
         def loss(p: Params, bx: Tensor, by: Tensor) -> Tensor:
             return self._loss_fn(functional_call(self.model, {**buffers, **p}, (bx,)), by)
 
-        b1, b2 = self.betas
-        fast = dict(params)
-        m = {k: torch.zeros_like(v) for k, v in fast.items()}
-        v = {k: torch.zeros_like(w) for k, w in fast.items()}
+        opt = adam(self.inner_lr, *self.betas)
+        fast, state = params, opt.init(params)
         for j in range(order.shape[0]):
             idx = order[j]
-            g = grad(loss)(fast, x[idx], y[idx])
-            t = j + 1
-            for k in fast:
-                m[k] = b1 * m[k] + (1 - b1) * g[k]
-                v[k] = b2 * v[k] + (1 - b2) * g[k].square()
-                m_hat = m[k] / (1 - b1**t)
-                v_hat = v[k] / (1 - b2**t)
-                fast[k] = fast[k] - self.inner_lr * m_hat / (v_hat.sqrt() + 1e-8)
+            updates, state = opt.update(grad(loss)(fast, x[idx], y[idx]), state, fast)
+            fast = apply_updates(fast, updates)
         return fast
 
     def _buffers_dict(self) -> Params:

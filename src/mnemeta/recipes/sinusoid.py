@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 from tqdm import tqdm
 
+from mnemeta.algorithms.inner_optim import apply_updates, sgd
 from mnemeta.algorithms.maml import MAML
 from mnemeta.checkpoint import atomic_write_text
 from mnemeta.data.sinusoid import SinusoidTasks
@@ -137,11 +138,13 @@ def finetune_curve(model: nn.Module, tasks: EpisodeBatch, lr: float, max_steps: 
     def mse(p: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
         return nn.functional.mse_loss(functional_call(model, p, (x,)), y)
 
+    opt = sgd(lr)
+
     def one(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> Tensor:
-        p, out = params, [mse(params, qx, qy)]
+        p, state, out = params, opt.init(params), [mse(params, qx, qy)]
         for _ in range(max_steps):
-            g = grad(mse)(p, sx, sy)
-            p = {k: w - lr * g[k] for k, w in p.items()}
+            updates, state = opt.update(grad(mse)(p, sx, sy), state, p)
+            p = apply_updates(p, updates)
             out.append(mse(p, qx, qy))
         return torch.stack(out)
 
@@ -158,9 +161,11 @@ def adapted_prediction(
     def mse(q: dict[str, Tensor]) -> Tensor:
         return nn.functional.mse_loss(functional_call(model, q, (sx,)), sy)
 
+    opt = sgd(lr)
+    state = opt.init(p)
     for _ in range(steps):
-        g = grad(mse)(p)
-        p = {k: w - lr * g[k] for k, w in p.items()}
+        updates, state = opt.update(grad(mse)(p), state, p)
+        p = apply_updates(p, updates)
     with torch.no_grad():
         return functional_call(model, p, (x,))
 
