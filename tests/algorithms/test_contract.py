@@ -1,8 +1,10 @@
 """The contract every meta-learner in mnemeta passes (DESIGN.md: one common-checks suite).
 
-Add a learner to LEARNERS and it is checked for: the protocol's methods, a finite loss and
-metrics, gradients reaching its parameters, ``adapt`` leaving the meta-parameters unchanged,
-determinism under a seed, and a batch of tasks scoring the same as the tasks one by one.
+Add a learner to LEARNERS and it is checked for: the protocol's methods and what they return,
+a finite loss and detached metrics, a non-zero gradient on every parameter (bar the listed
+structural zeros, which are checked to be zero), metrics that agree with adapt's predictions,
+``adapt`` leaving the meta-parameters unchanged, determinism under a seed, and a batch of
+tasks scoring the same as the tasks one by one.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from mnemeta.algorithms import MatchingNet, MetaLearner, ProtoNet
 from mnemeta.algorithms.maml import MAML, Classifier
@@ -42,6 +44,18 @@ LEARNERS: dict[str, Callable[[], nn.Module]] = {
 }
 
 
+# The same learners with the test-time settings equal to the training ones, so that adapt's
+# predictions are the ones meta_loss scores (the others differ only there).
+SAME_AT_TEST_TIME: dict[str, Callable[[], nn.Module]] = {
+    **LEARNERS,
+    "maml": lambda: MAML(_net(), inner_lr=0.4, inner_steps=2),
+    "reptile": lambda: Reptile(
+        _net(), inner_steps=2, eval_inner_steps=2, inner_batch=6, eval_inner_batch=6
+    ),
+    "meta_memory": lambda: MetaMemoryNet(Conv4(1, 8), 8, hops=2, inner_steps=2),
+}
+
+
 def _net() -> nn.Module:
     """Conv-4 with per-task batch statistics and a 3-way head, as MAML uses it."""
     return Classifier(Conv4(1, 8, track_running_stats=False), 8, 3)
@@ -53,27 +67,105 @@ def batch() -> EpisodeBatch:
     return sampler.sample(4)
 
 
-def _make(name: str) -> nn.Module:
+def _make(name: str, *, same_at_test_time: bool = False) -> nn.Module:
     torch.manual_seed(0)
-    return LEARNERS[name]()
+    return (SAME_AT_TEST_TIME if same_at_test_time else LEARNERS)[name]()
+
+
+def _float64(batch: EpisodeBatch) -> EpisodeBatch:
+    return EpisodeBatch(
+        batch.support_x.double(),
+        batch.support_y,
+        batch.query_x.double(),
+        batch.query_y,
+        batch.n_way,
+    )
 
 
 @pytest.mark.parametrize("name", LEARNERS)
-def test_follows_the_protocol(name: str) -> None:
-    assert isinstance(_make(name), MetaLearner)
-
-
-@pytest.mark.parametrize("name", LEARNERS)
-def test_loss_is_finite_and_reaches_every_parameter(name: str, batch: EpisodeBatch) -> None:
+def test_follows_the_protocol(name: str, batch: EpisodeBatch) -> None:
+    # isinstance on a runtime Protocol checks only that the two names exist; what they return
+    # is checked below.
     learner = _make(name)
-    loss, metrics = learner.meta_loss(batch)
-    assert loss.dim() == 0 and torch.isfinite(loss)
-    assert {"loss", "accuracy"} <= set(metrics)
-    assert 0.0 <= metrics["accuracy"].item() <= 1.0
+    assert isinstance(learner, MetaLearner)
+    result = learner.meta_loss(batch)
+    assert isinstance(result, tuple) and len(result) == 2
+    loss, metrics = result
+    assert isinstance(loss, Tensor) and loss.dim() == 0 and loss.requires_grad
+    assert torch.isfinite(loss)
+    assert isinstance(metrics, dict) and {"loss", "accuracy"} <= set(metrics)
+    for key, value in metrics.items():
+        assert isinstance(value, Tensor) and value.dim() == 0, key
+        assert not value.requires_grad, f"metric {key} is not detached"
+        assert torch.isfinite(value), key
+    predict = learner.adapt(batch.support)
+    assert callable(predict)
+    t, q = batch.query_y.shape
+    assert predict(batch.query_x).shape == (t, q, batch.n_way)
+    # Any number of queries, not only the number meta_loss saw.
+    assert predict(batch.query_x[:, :1]).shape == (t, 1, batch.n_way)
+
+
+def _structurally_zero(name: str) -> bool:
+    """Parameters whose gradient is zero for a reason of structure, not of a bug.
+
+    Only one kind: the bias of a convolution followed by batch norm with batch statistics
+    (every ConvBlock of Conv-4, in training mode). BN subtracts the channel's batch mean, and
+    a bias adds the same constant to every entry of its channel, shifting that mean by the
+    same amount: BN's output, hence the loss, does not depend on it. The zero carries over
+    to Meta-SGD's step size of that bias (its inner step b − α·0 does not depend on α) and
+    to Reptile (Adam does not move a weight whose gradient is zero, so θ − φ is zero there).
+    """
+    return name.endswith(("conv.bias", "conv__bias"))
+
+
+@pytest.mark.parametrize("name", LEARNERS)
+def test_every_parameter_gets_a_gradient(name: str, batch: EpisodeBatch) -> None:
+    # Float64, so that the structural zeros stay at rounding level (~1e-16 of the largest
+    # gradient; Reptile's Adam step g/(|g| + 1e-8) amplifies that rounding to ~4e-9), far
+    # from real gradients: the smallest non-exempt one measured is 4.7e-4 of the largest
+    # (ProtoNet's last BN bias, nearly shift-invariant under the squared distance). The two
+    # thresholds sit between, with more than an order of magnitude to spare on each side.
+    learner = _make(name).double()
+    loss, _ = learner.meta_loss(_float64(batch))
     loss.backward()
+    grads = {}
     for pname, p in learner.named_parameters():
-        assert p.grad is not None and torch.isfinite(p.grad).all(), pname
-    assert any(p.grad.abs().sum() > 0 for p in learner.parameters() if p.grad is not None)
+        assert p.grad is not None, f"{pname} gets no gradient: it is not in the graph"
+        assert torch.isfinite(p.grad).all(), pname
+        grads[pname] = p.grad.abs().max().item()
+    largest = max(grads.values())
+    assert largest > 0
+    for pname, g in grads.items():
+        if _structurally_zero(pname):
+            assert g <= 1e-7 * largest, f"{pname}: {g / largest:.1e}, expected a structural 0"
+        else:
+            assert g > 1e-6 * largest, f"{pname}: gradient {g / largest:.1e} of the largest"
+
+
+@pytest.mark.parametrize("name", LEARNERS)
+def test_metrics_agree_with_the_predictions(name: str, batch: EpisodeBatch) -> None:
+    # In eval mode, with the test-time settings equal to the training ones, adapt's logits are
+    # those meta_loss scores, so its metrics are computable from them by hand. Accuracy:
+    # the fraction of argmax hits (every task has the same number of queries, so the mean of
+    # per-task fractions is the overall fraction); a count off by one moves it by
+    # 1/24 = 0.04, far above the float32 rounding (1e-7) that `accuracy` computes in.
+    learner = _make(name, same_at_test_time=True).double().eval()
+    batch64 = _float64(batch)
+    _, metrics = learner.meta_loss(batch64)
+    with torch.no_grad():
+        logits = learner.adapt(batch64.support)(batch64.query_x)
+    hits = (logits.argmax(dim=-1) == batch64.query_y).sum().item()
+    fraction = hits / batch64.query_y.numel()
+    assert abs(metrics["accuracy"].item() - fraction) < 1e-6
+    # The loss: the query cross-entropy of those logits. Matching Networks' logits are the
+    # logs of attention mixtures floored at 1e-8: their softmax renormalises a sum that is 1
+    # up to n_way * 1e-8, hence the looser bound there; elsewhere the two computations are
+    # the same float64 maths.
+    log_p = logits.log_softmax(dim=-1)
+    by_hand = -log_p.gather(-1, batch64.query_y.unsqueeze(-1)).mean()
+    atol = batch.n_way * 1e-8 if name.startswith("matching") else 1e-10
+    torch.testing.assert_close(metrics["loss"], by_hand, rtol=1e-10, atol=atol)
 
 
 @pytest.mark.parametrize("name", LEARNERS)
@@ -101,13 +193,7 @@ def test_batch_of_tasks_equals_tasks_one_by_one(name: str, batch: EpisodeBatch) 
     # (the *optimised* loss need not be: Reptile's surrogate is not a mean over tasks), and
     # predictions must match exactly.
     learner = _make(name).double().eval()
-    batch64 = EpisodeBatch(
-        batch.support_x.double(),
-        batch.support_y,
-        batch.query_x.double(),
-        batch.query_y,
-        batch.n_way,
-    )
+    batch64 = _float64(batch)
     loss = learner.meta_loss(batch64)[1]["loss"]
     per_task = [learner.meta_loss(batch64.task(i))[1]["loss"] for i in range(batch.n_tasks)]
     torch.testing.assert_close(loss, torch.stack(per_task).mean())
