@@ -43,6 +43,9 @@ class EpisodeBatch:
         query_x: ``(tasks, n_way * queries, *input_shape)``.
         query_y: int64 ``(tasks, n_way * queries)``.
         n_way: classes per episode (for regression, 0).
+        classes: int64 ``(tasks, n_way)`` or None: which classes of the split the episode's
+            labels are (label ``j`` of task ``t`` is class ``classes[t, j]``), for learners that
+            train one classifier over all base classes (Baseline++); the sampler fills it.
     """
 
     support_x: Tensor
@@ -50,6 +53,7 @@ class EpisodeBatch:
     query_x: Tensor
     query_y: Tensor
     n_way: int
+    classes: Tensor | None = None
 
     def __post_init__(self) -> None:
         t = self.support_x.shape[0]
@@ -85,11 +89,17 @@ class EpisodeBatch:
             move(self.query_x),
             move(self.query_y),
             self.n_way,
+            None if self.classes is None else move(self.classes),
         )
 
     def task(self, i: int) -> EpisodeBatch:
         """Episode ``i`` alone, still with a task dimension of 1."""
         s = slice(i, i + 1)
         return EpisodeBatch(
-            self.support_x[s], self.support_y[s], self.query_x[s], self.query_y[s], self.n_way
+            self.support_x[s],
+            self.support_y[s],
+            self.query_x[s],
+            self.query_y[s],
+            self.n_way,
+            None if self.classes is None else self.classes[s],
         )

@@ -52,7 +52,7 @@ def load_learner(path: str | os.PathLike[str]) -> LoadedLearner:
     state = load_checkpoint(path)
     config = saved_config(state, path)
     input_shape, outputs = saved_shapes(state, config)
-    learner = build_learner(config, input_shape, outputs)
+    learner = build_learner(config, input_shape, outputs, classes=int(state.get("classes", 0)))
     try:
         learner.load_state_dict(state["model"])
     except (RuntimeError, KeyError) as e:

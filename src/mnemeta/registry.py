@@ -63,6 +63,8 @@ class BuildContext:
             ``(inputs,)`` for one step of a sequence.
         outputs: the width of a fixed output layer: ``n_way`` for the learners whose head has
             one (MAML family), the output size of a sequence model; 0 where nothing is fixed.
+        classes: the number of classes in the training split, for learners that train one
+            classifier over all of them (Baseline++); 0 where unknown.
         backbone: builds the configured backbone; ``per_task_statistics=True`` gives batch norm
             the statistics of each task's batch and no running statistics (the MAML paper's
             choice), ``False`` keeps running statistics for evaluation (metric learners).
@@ -72,6 +74,7 @@ class BuildContext:
     input_shape: tuple[int, ...]
     outputs: int = 0
     backbone: Callable[..., Any] | None = None
+    classes: int = 0
 
     def build_backbone(self, *, per_task_statistics: bool) -> Any:
         if self.backbone is None:

@@ -120,6 +120,7 @@ class EpisodeSampler:
             query_x=_to_unit_float(query),
             query_y=labels.expand(n, q).reshape(1, n * q).expand(t, -1),
             n_way=n,
+            classes=classes.to(self.device, non_blocking=True),
         )
 
 

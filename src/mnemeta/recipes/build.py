@@ -38,9 +38,12 @@ def learner_spec(config: Config) -> LearnerSpec:
     return LEARNERS.get(config.model.algorithm)
 
 
-def build_learner(config: Config, input_shape: tuple[int, ...], n_way: int = 0) -> Learner:
+def build_learner(
+    config: Config, input_shape: tuple[int, ...], n_way: int = 0, *, classes: int = 0
+) -> Learner:
     """The learner ``config.model`` describes, for inputs of ``input_shape`` (one example, e.g.
-    ``(1, 28, 28)``) and, for learners with a fixed output layer, ``n_way`` outputs."""
+    ``(1, 28, 28)``), for learners with a fixed output layer ``n_way`` outputs, and for those
+    that classify every training class, ``classes`` of them."""
     spec = learner_spec(config)
     backbone = None
     if spec.backbone:
@@ -51,7 +54,8 @@ def build_learner(config: Config, input_shape: tuple[int, ...], n_way: int = 0) 
                 config.backbone, input_shape[0], per_task_statistics=per_task_statistics
             )
 
-    return spec.build(config.model, BuildContext(tuple(input_shape), n_way, backbone))
+    context = BuildContext(tuple(input_shape), n_way, backbone, classes)
+    return spec.build(config.model, context)
 
 
 def check_ways(config: Config, ways: int, fix: str) -> None:

@@ -87,7 +87,9 @@ def meta_train(
     check_ways(
         config, ec.ways, f"set eval.ways and train.ways to the same value ({ec.ways} != {tc.ways})"
     )
-    learner = build_learner(config, train_data.image_shape, n_way=tc.ways).to(device)
+    learner = build_learner(
+        config, train_data.image_shape, n_way=tc.ways, classes=train_data.n_classes
+    ).to(device)
     optimizer = build_optimizer(config, learner.parameters())
     meta_loss = build_meta_loss(learner, tc.compile)
     scheduler = build_schedule(config, optimizer)
@@ -126,6 +128,7 @@ def meta_train(
                 # What mnemeta.load needs to rebuild the learner without the data.
                 "input_shape": list(train_data.image_shape),
                 "outputs": tc.ways,
+                "classes": train_data.n_classes,
             },
         )
 
