@@ -20,7 +20,6 @@ Splits:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
@@ -43,6 +42,7 @@ from safetensors.torch import save
 from mnemeta.data.classes import ClassImages, rotate_classes
 from mnemeta.data.download import download_file, progress_bar
 from mnemeta.errors import MnemetaError
+from mnemeta.io import atomic_write_bytes
 
 __all__ = [
     "OMNIGLOT_MD5",
@@ -671,7 +671,8 @@ def _read_cache(path: Path, key: str, split: str, image_size: int) -> ClassImage
 
 
 def _write_cache(path: Path, key: str, source: _Source, data: ClassImages) -> None:
-    """Write atomically: a unique temp file in the same folder, then ``os.replace``.
+    """Write atomically (:func:`mnemeta.io.atomic_write_bytes`): a unique temp file in the same
+    folder, then ``os.replace``.
 
     Readers see the old file or the new one, never half of one, and two processes building the
     same cache at once both end with a valid file. No fsync: a file mangled by a crash fails the
@@ -687,17 +688,11 @@ def _write_cache(path: Path, key: str, source: _Source, data: ClassImages) -> No
         "content_sha256": _content_digest(data.images, names_json),
     }
     blob = save({"images": data.images.contiguous()}, metadata=meta)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Our own open() rather than safetensors' save_file, which creates 0600 files: a cache
+        # Our own write rather than safetensors' save_file, which creates 0600 files: a cache
         # shared by a team (MNEMETA_CACHE) must follow the umask like any other file.
-        with open(tmp, "xb") as f:
-            f.write(blob)
-        os.replace(tmp, path)
+        atomic_write_bytes(path, blob, fsync=False)
     except OSError as exc:
-        with contextlib.suppress(OSError):  # e.g. the folder could not be made: no temp file
-            tmp.unlink(missing_ok=True)
         # Not fatal: the data is decoded and correct, only the next load will be slow again. A
         # read-only dataset folder (common on shared clusters) is the usual cause.
         warnings.warn(

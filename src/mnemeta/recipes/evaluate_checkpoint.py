@@ -8,10 +8,11 @@ from pathlib import Path
 
 import torch
 
-from mnemeta.checkpoint import atomic_write_text, checkpoint_config, load_checkpoint
+from mnemeta.checkpoint import checkpoint_config, load_checkpoint
 from mnemeta.config import Config, config_from_dict
 from mnemeta.data.sampler import EpisodeSampler
 from mnemeta.errors import MnemetaError
+from mnemeta.io import atomic_write_text
 from mnemeta.recipes.build import FIXED_WAYS, Learner, build_learner, build_splits, pick_device
 from mnemeta.recipes.evaluate import EvalResult, evaluate
 

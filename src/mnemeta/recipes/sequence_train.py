@@ -18,7 +18,6 @@ from tqdm import tqdm
 
 from mnemeta.algorithms.mann import MemoryAugmentedNetwork, RecurrentState
 from mnemeta.checkpoint import (
-    atomic_write_text,
     checkpoint_config,
     load_checkpoint,
     save_checkpoint,
@@ -26,6 +25,7 @@ from mnemeta.checkpoint import (
 from mnemeta.config import Config
 from mnemeta.data.sequences import CopySampler, OneShotSequenceSampler, copy_batch
 from mnemeta.errors import MnemetaError
+from mnemeta.io import atomic_write_text
 from mnemeta.recipes.build import build_splits, device_name, pick_device, pick_split
 from mnemeta.recipes.clock import TrainingClock
 from mnemeta.recipes.evaluate import mean_ci95

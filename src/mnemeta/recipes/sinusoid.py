@@ -24,9 +24,9 @@ from torch.func import functional_call, grad, vmap
 from tqdm import tqdm
 
 from mnemeta.algorithms.maml import MAML
-from mnemeta.checkpoint import atomic_write_text
 from mnemeta.data.sinusoid import SinusoidTasks
 from mnemeta.episode import EpisodeBatch
+from mnemeta.io import atomic_write_text
 from mnemeta.nn import MLP
 from mnemeta.recipes.evaluate import mean_ci95
 

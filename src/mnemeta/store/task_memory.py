@@ -58,6 +58,7 @@ from safetensors.torch import load as tensors_from_safetensors_bytes
 from torch import Tensor
 
 from mnemeta.errors import MnemetaError
+from mnemeta.io import fsync_dir, fsync_file
 from mnemeta.store import index as index_mod
 from mnemeta.store.index import KINDS, IndexFileError, VectorIndex
 from mnemeta.store.schema import (
@@ -534,7 +535,7 @@ class TaskMemory:
             folders.add(path.parent)
             rels.append(rel)
         for folder in folders:
-            _fsync_dir(folder)
+            fsync_dir(folder)
         return rels
 
     # ------------------------------------------------------------------ searching
@@ -741,14 +742,14 @@ class TaskMemory:
                 target.parent.mkdir(exist_ok=True)
                 folders.add(target.parent)
                 shutil.copyfile(self._tensors / rel, target)
-                _fsync_file(target)
-            _fsync_file(tmp / DB)
+                fsync_file(target)
+            fsync_file(tmp / DB)
             for folder in folders:
-                _fsync_dir(folder)
+                fsync_dir(folder)
             write_marker(tmp, meta)
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             os.replace(tmp, out)  # POSIX: replaces a missing or empty folder atomically
-            _fsync_dir(out.parent)
+            fsync_dir(out.parent)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -936,20 +937,6 @@ def _params_bytes(params: Any) -> bytes | None:
         return safetensors.torch.save(cpu, metadata={"format": "mnemeta-task-params"})
     except Exception as e:  # safetensors' error type for unsupported tensors (sparse, ...)
         raise MnemetaError(f"params cannot be stored as safetensors ({e})") from None
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a folder's entries (new files, renames) durable."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
 
 
 def _walk(folder: Path) -> Iterator[os.DirEntry[str]]:
