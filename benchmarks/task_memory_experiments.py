@@ -47,7 +47,7 @@ from mnemeta.algorithms.task_memory_adapt import MemoryAugmentedAdaptation
 from mnemeta.data.sinusoid import SinusoidTasks
 from mnemeta.episode import EpisodeBatch, Support
 from mnemeta.nn import MLP
-from mnemeta.recipes.evaluate import mean_ci95
+from mnemeta.stats import mean_ci95
 from mnemeta.store import TaskMemory
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -2,44 +2,26 @@
 
 A checkpoint is a ``torch.save`` of a dict holding only tensors, numbers, strings, lists and
 dicts, and is read back with ``torch.load(weights_only=True)``, which refuses anything else:
-opening a checkpoint from an untrusted source cannot run code. It is written to a temporary
-file in the same folder, flushed to disk, and renamed over the target, so a crash leaves the
-old checkpoint or the new one, never half of one.
+opening a checkpoint from an untrusted source cannot run code. It is written by
+:func:`mnemeta.io.atomic_write_bytes`: to a temporary file in the same folder, flushed to disk,
+and renamed over the target, so a crash leaves the old checkpoint or the new one, never half of
+one.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mnemeta.errors import CheckpointError
+from mnemeta.io import atomic_write_bytes
 
 FORMAT = "mnemeta-checkpoint"
 VERSION = 1
-
-
-def atomic_write_bytes(path: Path, write: Any) -> None:
-    """Call ``write(file)`` on a temp file beside ``path``, fsync, then rename it to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, lambda f: f.write(text.encode()))
 
 
 def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None:

@@ -1,13 +1,12 @@
 """Download a file with a checksum, and extract a zip without trusting its member names.
 
 Both functions are all-or-nothing: a failed download or a refused archive leaves nothing behind
-at the destination (no ``.part`` file, no half-extracted folder), so a retry starts clean and a
+at the destination (no temporary file, no half-extracted folder), so a retry starts clean and a
 later run never mistakes a partial file for a complete one.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import http.client
@@ -21,8 +20,10 @@ import urllib.request
 import zipfile
 import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 from mnemeta.errors import MnemetaError
+from mnemeta.io import atomic_write_bytes
 
 __all__ = ["download_file", "safe_extract_zip"]
 
@@ -46,7 +47,8 @@ def download_file(
     """Stream ``url`` to ``dest``, verify its checksum(s), and only then move it into place.
 
     The bytes go to a temporary file in ``dest``'s folder and are hashed on the fly; ``dest``
-    appears (atomically, via ``os.replace``) only if every given checksum matches. On any failure
+    appears (atomically, via :func:`mnemeta.io.atomic_write_bytes`) only if every given checksum
+    matches. On any failure
     the temporary file is deleted and a :class:`MnemetaError` names the URL and the fix.
 
     Args:
@@ -64,40 +66,33 @@ def download_file(
     scheme = urllib.parse.urlsplit(url).scheme
     if scheme not in ("http", "https"):
         raise MnemetaError(f"cannot download {url!r}: only http(s) URLs are supported; fix the URL")
-    tmp = _sibling_temp(dest, ".part")
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        # "xb" rather than mkstemp: the file gets the usual umask permissions (mkstemp's 0600
-        # would survive the rename and surprise whoever shares the data folder).
-        out = open(tmp, "xb")  # noqa: SIM115 (closed by the `with out` below)
-    except OSError as exc:
-        raise MnemetaError(
-            f"cannot write {tmp} ({exc}); make {dest.parent} writable or choose another destination"
-        ) from exc
-    h_sha256, h_md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
-    total: int | None = None  # from Content-Length, when the server sends it
-    received = 0
-    try:
-        with out:
-            try:
-                with urllib.request.urlopen(url, timeout=timeout) as response:
-                    length = response.headers.get("Content-Length")
-                    total = int(length) if length and length.isdigit() else None
-                    bar = progress_bar(total, f"downloading {dest.name}", "B", progress)
-                    try:
-                        while chunk := response.read(_CHUNK):
-                            out.write(chunk)
-                            h_sha256.update(chunk)
-                            h_md5.update(chunk)
-                            received += len(chunk)
-                            bar.update(len(chunk))
-                    finally:
-                        bar.close()
-            except (OSError, http.client.HTTPException) as exc:  # URLError/HTTPError are OSErrors
-                raise MnemetaError(
-                    f"could not download {url} ({exc}); check the URL and the network "
-                    f"connection, or fetch the file by hand and put it at {dest}"
-                ) from exc
+    started = False  # whether atomic_write_bytes got as far as calling fetch (the temp file exists)
+
+    def fetch(out: BinaryIO) -> None:
+        nonlocal started
+        started = True
+        h_sha256, h_md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
+        total: int | None = None  # from Content-Length, when the server sends it
+        received = 0
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                length = response.headers.get("Content-Length")
+                total = int(length) if length and length.isdigit() else None
+                bar = progress_bar(total, f"downloading {dest.name}", "B", progress)
+                try:
+                    while chunk := response.read(_CHUNK):
+                        out.write(chunk)
+                        h_sha256.update(chunk)
+                        h_md5.update(chunk)
+                        received += len(chunk)
+                        bar.update(len(chunk))
+                finally:
+                    bar.close()
+        except (OSError, http.client.HTTPException) as exc:  # URLError/HTTPError are OSErrors
+            raise MnemetaError(
+                f"could not download {url} ({exc}); check the URL and the network "
+                f"connection, or fetch the file by hand and put it at {dest}"
+            ) from exc
         # Without a checksum this is the only guard against a connection that closed early.
         if total is not None and received != total:
             raise MnemetaError(
@@ -113,12 +108,19 @@ def download_file(
                     "is damaged or the file changed upstream (nothing was kept): retry, or pass "
                     "the new checksum if you trust the new file"
                 )
-        os.replace(tmp, dest)
-    except BaseException:
-        # BaseException too: a Ctrl-C mid-download must not leave a .part file behind either.
-        with contextlib.suppress(OSError):  # never hide the real error behind a cleanup one
-            tmp.unlink(missing_ok=True)
-        raise
+
+    # atomic_write_bytes streams into a temp file beside dest (with the umask's permissions, not
+    # mkstemp's 0600, which would surprise whoever shares the data folder) and renames it into
+    # place only if fetch returns: any error above, or a Ctrl-C, removes the temp file.
+    try:
+        atomic_write_bytes(dest, fetch)
+    except OSError as exc:
+        if started:  # an error while writing the download (a full disk): not about the folder
+            raise
+        raise MnemetaError(
+            f"cannot write beside {dest} ({exc}); make {dest.parent} writable or choose another "
+            "destination"
+        ) from exc
     return dest
 
 

@@ -8,7 +8,8 @@ Each PNG is a 105x105 one-bit image, white (True) background and black strokes.
 Images come out as uint8 with the strokes *bright* (stroke 255, background 0, the convention of
 the MAML/ProtoNet pipelines) at ``image_size`` x ``image_size``. Decoding the 32,460 PNGs takes a
 few seconds, so the result is cached as a safetensors file (no pickle) keyed by a hash of the
-source and the preprocessing; a damaged cache file is detected and rebuilt.
+source and the preprocessing; a damaged cache file is detected and rebuilt
+(:mod:`mnemeta.data.cache`).
 
 Splits:
 
@@ -20,12 +21,10 @@ Splits:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
 import os
-import warnings
 import zipfile
 import zlib
 from collections.abc import Callable, Mapping
@@ -37,9 +36,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save
 
+from mnemeta.data.cache import TensorCache, Validate, cache_folder, cache_key, check_tensor
 from mnemeta.data.classes import ClassImages, rotate_classes
 from mnemeta.data.download import download_file, progress_bar
 from mnemeta.errors import MnemetaError
@@ -159,7 +157,9 @@ def load_omniglot_background_evaluation(
         sha256={**OMNIGLOT_SHA256, **(sha256 or {})},
         progress=progress,
     )
-    cache = _cache_folder(cache_dir, root)
+    cache = TensorCache(
+        cache_folder(cache_dir, root), label="Omniglot", rebuild="decoding the images"
+    )
     out: dict[str, ClassImages] = {}
     for split, key in zip(_SPLITS, ("background", "evaluation"), strict=True):
         path = sources[split]
@@ -583,13 +583,6 @@ def _decode_png(blob: bytes, image_size: int) -> np.ndarray:
     return np.asarray(gray)
 
 
-def _cache_folder(cache_dir: str | os.PathLike[str] | None, root: Path) -> Path:
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get("MNEMETA_CACHE")
-    return Path(env).expanduser() if env else root / ".mnemeta_cache"
-
-
 def _cache_key(source: _Source, image_size: int) -> str:
     spec = {
         "format": _CACHE_FORMAT,
@@ -598,111 +591,63 @@ def _cache_key(source: _Source, image_size: int) -> str:
         "image_size": image_size,
         "resample": _RESAMPLE_NAME,
     }
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+    return cache_key(spec)
 
 
-def _decode_cached(source: _Source, image_size: int, cache: Path, progress: bool) -> ClassImages:
+def _decode_cached(
+    source: _Source, image_size: int, cache: TensorCache, progress: bool
+) -> ClassImages:
+    """The decoded split from the cache, or decoded now and cached.
+
+    The cache (:mod:`mnemeta.data.cache`) checks the key (it hashes the source's content and the
+    preprocessing) and a SHA-256 over the class names and pixels; :func:`_valid_entry` adds that
+    the names are as many and as sorted as a valid listing gives and that dtype and shape fit.
+    """
     key = _cache_key(source, image_size)
-    path = cache / f"omniglot-{source.split}-{image_size}px-{key[:16]}.safetensors"
-    cached = _read_cache(path, key, source.split, image_size)
-    if cached is not None:
-        return cached
+    path = cache.path(f"omniglot-{source.split}-{image_size}px", key)
+    hit = cache.read(
+        path,
+        key,
+        tensors=("images",),
+        checked=("names",),
+        validate=_valid_entry(source.split, image_size),
+        stacklevel=3,  # the caller of load_omniglot_background_evaluation
+    )
+    if hit is not None:
+        tensors, meta = hit
+        return ClassImages.from_equal_classes(tensors["images"], json.loads(meta["names"]))
     listing = source.listing()
     images = _decode(listing, image_size, progress)
     data = ClassImages.from_equal_classes(images, listing.classes)
-    _write_cache(path, key, source, data)
+    meta = {
+        "format": _CACHE_FORMAT,
+        "split": source.split,
+        "source": str(source.location),  # for people looking at the file; not trusted
+        "names": json.dumps(list(data.names)),
+    }
+    cache.write(path, key, {"images": data.images}, meta, checked=("names",), stacklevel=3)
     return data
 
 
-def _content_digest(images: torch.Tensor, names_json: str) -> str:
-    """SHA-256 over the class names and the pixels (~20 ms for the 15 MB of background at 28)."""
-    h = hashlib.sha256(names_json.encode())
-    h.update(images.contiguous().numpy().data)
-    return h.hexdigest()
-
-
-def _read_cache(path: Path, key: str, split: str, image_size: int) -> ClassImages | None:
-    """The cached split if ``path`` holds a complete, intact entry for ``key``, else None.
-
-    Nothing in the file is trusted: the key must match (it hashes the source's content and the
-    preprocessing), the names must be as many and as sorted as a valid listing gives, the dtype
-    and shape must fit, and a SHA-256 over names and pixels must match. A truncated,
-    bit-flipped or hand-edited file is rebuilt (with a warning) instead of poisoning training.
-    """
-    if not path.is_file():
-        return None
+def _valid_entry(split: str, image_size: int) -> Validate:
+    """The checks of a cached split beyond the cache's own: a valid Omniglot listing of names,
+    uint8 pixels of the right shape."""
     n_alphabets, n_classes = _EXPECTED[split]
     expected = (n_classes, _DRAWINGS, 1, image_size, image_size)
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            keys = list(f.keys())
-            images: torch.Tensor | None = f.get_tensor("images") if keys == ["images"] else None
-        names_json = meta.get("names", "null")
-        names = json.loads(names_json)
-    except (OSError, SafetensorError, ValueError, RuntimeError) as exc:
-        problem = f"unreadable: {exc}"
-    else:
-        if images is None:
-            problem = f"holds tensors {keys}, expected ['images']"
-        elif meta.get("key") != key:
-            problem = "its key does not match the data it claims to cache"
-        elif (
+
+    def validate(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> str | None:
+        try:
+            names = json.loads(meta.get("names", "null"))
+        except ValueError as exc:
+            return f"unreadable: {exc}"
+        if (
             not isinstance(names, list)
             or not all(isinstance(n, str) and n.count("/") == 1 for n in names)
             or names != sorted(set(names))
             or len(names) != n_classes
             or len({n.split("/")[0] for n in names}) != n_alphabets
         ):
-            problem = "its class names are not a valid Omniglot listing"
-        elif images.dtype != torch.uint8 or tuple(images.shape) != expected:
-            problem = f"holds {images.dtype} {tuple(images.shape)}, expected uint8 {expected}"
-        elif meta.get("content_sha256") != _content_digest(images, names_json):
-            problem = "its names and pixels do not match their checksum"
-        else:
-            return ClassImages.from_equal_classes(images, names)
-    warnings.warn(
-        f"ignoring the damaged Omniglot cache file {path} ({problem}); decoding the images again "
-        "and rewriting it",
-        RuntimeWarning,
-        stacklevel=4,
-    )
-    return None
+            return "its class names are not a valid Omniglot listing"
+        return check_tensor(tensors["images"], torch.uint8, expected)
 
-
-def _write_cache(path: Path, key: str, source: _Source, data: ClassImages) -> None:
-    """Write atomically: a unique temp file in the same folder, then ``os.replace``.
-
-    Readers see the old file or the new one, never half of one, and two processes building the
-    same cache at once both end with a valid file. No fsync: a file mangled by a crash fails the
-    checks in :func:`_read_cache` and is rebuilt.
-    """
-    names_json = json.dumps(list(data.names))
-    meta = {
-        "format": _CACHE_FORMAT,
-        "key": key,
-        "split": source.split,
-        "source": str(source.location),  # for people looking at the file; not trusted
-        "names": names_json,
-        "content_sha256": _content_digest(data.images, names_json),
-    }
-    blob = save({"images": data.images.contiguous()}, metadata=meta)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Our own open() rather than safetensors' save_file, which creates 0600 files: a cache
-        # shared by a team (MNEMETA_CACHE) must follow the umask like any other file.
-        with open(tmp, "xb") as f:
-            f.write(blob)
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):  # e.g. the folder could not be made: no temp file
-            tmp.unlink(missing_ok=True)
-        # Not fatal: the data is decoded and correct, only the next load will be slow again. A
-        # read-only dataset folder (common on shared clusters) is the usual cause.
-        warnings.warn(
-            f"could not write the Omniglot cache {path} ({exc}); the next load will decode "
-            "again: pass cache_dir= or set MNEMETA_CACHE to a writable folder",
-            RuntimeWarning,
-            stacklevel=4,
-        )
+    return validate

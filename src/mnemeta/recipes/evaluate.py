@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -10,6 +9,7 @@ from torch import nn
 
 from mnemeta.algorithms.protocol import MetaLearner, accuracy
 from mnemeta.data.sampler import EpisodeSampler
+from mnemeta.stats import mean_ci95
 
 
 @dataclass(frozen=True)
@@ -32,14 +32,6 @@ class EvalResult:
 
     def to_dict(self) -> dict[str, float | int | str]:
         return asdict(self)
-
-
-def mean_ci95(values: torch.Tensor) -> tuple[float, float]:
-    """Mean and the half-width of its normal 95% confidence interval, 1.96·s/√n."""
-    n = values.numel()
-    mean = float(values.mean())
-    std = float(values.std(unbiased=True)) if n > 1 else 0.0
-    return mean, 1.96 * std / math.sqrt(n) if n > 1 else 0.0
 
 
 @torch.no_grad()

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import torch
 
-from mnemeta.checkpoint import atomic_write_text
 from mnemeta.config import Config
 from mnemeta.data.sampler import EpisodeSampler
 from mnemeta.errors import DataError
+from mnemeta.io import atomic_write_text
 from mnemeta.loading import load_learner
 from mnemeta.recipes.build import Learner, build_splits, check_ways, pick_device
 from mnemeta.recipes.evaluate import EvalResult, evaluate

@@ -17,10 +17,11 @@ from mnemeta.algorithms.maml import MAML
 from mnemeta.algorithms.protocol import accuracy
 from mnemeta.algorithms.task_embedding import embedding_size
 from mnemeta.algorithms.task_memory_adapt import WARM_STARTS, MemoryAugmentedAdaptation
-from mnemeta.checkpoint import atomic_write_text
 from mnemeta.errors import MnemetaError
-from mnemeta.recipes.evaluate import EvalResult, mean_ci95
+from mnemeta.io import atomic_write_text
+from mnemeta.recipes.evaluate import EvalResult
 from mnemeta.recipes.evaluate_checkpoint import load_for_evaluation
+from mnemeta.stats import mean_ci95
 
 
 def evaluate_with_memory(

@@ -18,7 +18,6 @@ from torch.optim.lr_scheduler import LRScheduler
 from tqdm import tqdm
 
 from mnemeta.checkpoint import (
-    atomic_write_text,
     checkpoint_config,
     load_checkpoint,
     save_checkpoint,
@@ -26,6 +25,7 @@ from mnemeta.checkpoint import (
 from mnemeta.config import Config
 from mnemeta.data.sampler import EpisodeSampler
 from mnemeta.errors import MnemetaError
+from mnemeta.io import atomic_write_text
 from mnemeta.recipes.build import (
     build_learner,
     build_meta_loss,

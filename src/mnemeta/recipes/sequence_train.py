@@ -1,5 +1,6 @@
 """Training memory-augmented networks on sequences: the NTM copy task and Santoro's one-shot
-Omniglot episodes. Its own loop (the episodic recipe's learners see sets, these see sequences).
+Omniglot episodes. Its own loop (the episodic recipe's learners see sets, these see sequences);
+the tasks' losses, metrics and evaluation are in :mod:`mnemeta.algorithms.sequence_tasks`.
 
 build (task, network, optimiser) -> loop: sample a batch of sequences -> forward over time ->
 loss -> backward -> clip -> step -> log, checkpoint -> final evaluation, report and plots.
@@ -10,22 +11,23 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from mnemeta.algorithms.mann import MemoryAugmentedNetwork, RecurrentState
+from mnemeta.algorithms.sequence_tasks import CopyTask, OneShotTask, SequenceTask
 from mnemeta.checkpoint import (
-    atomic_write_text,
     checkpoint_config,
     load_checkpoint,
     save_checkpoint,
 )
 from mnemeta.config import Config
-from mnemeta.data.sequences import CopySampler, OneShotSequenceSampler, copy_batch
+from mnemeta.data.sequences import CopySampler, OneShotSequenceSampler
 from mnemeta.errors import ConfigError
+from mnemeta.io import atomic_write_text
 from mnemeta.recipes.build import (
     build_learner,
     build_splits,
@@ -35,172 +37,9 @@ from mnemeta.recipes.build import (
     pick_split,
 )
 from mnemeta.recipes.clock import TrainingClock
-from mnemeta.recipes.evaluate import mean_ci95
 from mnemeta.recipes.logging import MetricsLog
 from mnemeta.recipes.meta_train import build_optimizer, build_schedule
 from mnemeta.recipes.resume import check_resumable, interrupted, resumed_clock
-
-#: Lengths the copy task is evaluated on: within training (<= 20) and beyond (generalisation).
-COPY_EVAL_LENGTHS = (10, 20, 30, 40, 50, 80, 120)
-#: Presentations of a class reported for one-shot episodes (Santoro et al., Table 1).
-INSTANCES_REPORTED = (1, 2, 3, 4, 5, 10)
-
-
-class SequenceTask(Protocol):
-    inputs: int
-    outputs: int
-
-    def train_loss(
-        self, model: MemoryAugmentedNetwork, batch: int, carry: RecurrentState | None
-    ) -> tuple[Tensor, dict[str, Tensor], RecurrentState]: ...
-
-    def evaluate(self, model: MemoryAugmentedNetwork) -> dict[str, Any]: ...
-
-    def get_state(self) -> Tensor: ...
-
-    def set_state(self, state: Tensor) -> None: ...
-
-
-class CopyTask:
-    """Graves et al. (2014, §4.1): metric is bits wrong per sequence (outputs thresholded at
-    0.5), the paper's "cost per sequence" axis is the same sum in bits of cross-entropy."""
-
-    def __init__(self, config: Config, device: torch.device) -> None:
-        sc = config.sequence
-        self.sampler = CopySampler(
-            bits=sc.bits, min_length=sc.min_length, max_length=sc.max_length, seed=config.seed
-        )
-        self.bits, self.device = sc.bits, device
-        self.max_length, self.eval_seed = sc.max_length, config.eval.seed
-        self.eval_lengths = [n for n in COPY_EVAL_LENGTHS if n <= sc.eval_max_length]
-        self.eval_per_length = max(1, config.eval.episodes // 10)
-        self.inputs, self.outputs = sc.bits + 1, sc.bits
-
-    def train_loss(
-        self, model: MemoryAugmentedNetwork, batch: int, carry: RecurrentState | None
-    ) -> tuple[Tensor, dict[str, Tensor], RecurrentState]:
-        data = self.sampler.sample(batch)
-        loss, errors, state = self._run(model, data.inputs, data.targets)
-        return loss, {"loss": loss.detach(), "bits_wrong": errors.mean()}, state
-
-    def _run(
-        self, model: MemoryAugmentedNetwork, inputs: Tensor, targets: Tensor
-    ) -> tuple[Tensor, Tensor, RecurrentState]:
-        inputs, targets = inputs.to(self.device), targets.to(self.device)
-        logits, state = model(inputs)
-        out = logits[:, -targets.shape[1] :]
-        loss = nn.functional.binary_cross_entropy_with_logits(out, targets)
-        errors = ((out > 0).float() != targets).float().sum(dim=(1, 2))  # per sequence
-        return loss, errors.detach(), state
-
-    @torch.no_grad()
-    def evaluate(self, model: MemoryAugmentedNetwork) -> dict[str, Any]:
-        generator = torch.Generator().manual_seed(self.eval_seed)
-        n = self.eval_per_length
-
-        def errors_at(length: int) -> Tensor:
-            data = copy_batch(n, length, self.bits, generator=generator)
-            return self._run(model, data.inputs, data.targets)[1].cpu()
-
-        within = torch.stack([errors_at(length) for length in range(1, self.max_length + 1)])
-        mean, ci = mean_ci95(within.mean(dim=0))
-        per_length = {}
-        for length in self.eval_lengths:
-            m, c = mean_ci95(errors_at(length))
-            per_length[str(length)] = {"bits_wrong": m, "ci95": c}
-        return {
-            "task": "copy",
-            "sequences_per_length": n,
-            "bits_wrong_lengths_1_to_max": {"mean": mean, "ci95": ci, "max": self.max_length},
-            "bits_wrong_by_length": per_length,
-        }
-
-    def get_state(self) -> Tensor:
-        return self.sampler.get_state()
-
-    def set_state(self, state: Tensor) -> None:
-        self.sampler.set_state(state)
-
-
-class OneShotTask:
-    """Santoro et al. (2016, §4.1): a sequence of ``classes × instances`` images; at step t the
-    input is the image and the label of step t − 1; the loss is cross-entropy at every step."""
-
-    def __init__(self, config: Config, device: torch.device, *, progress: bool) -> None:
-        sc, ec = config.sequence, config.eval
-        splits = build_splits(config.data, progress=progress)
-        train = pick_split(splits, config.train.split, "train.split")
-        self.sampler = OneShotSequenceSampler(
-            train, classes=sc.classes, instances=sc.instances, seed=config.seed, device=device
-        )
-        self.test = OneShotSequenceSampler(
-            pick_split(splits, ec.split, "eval.split"),
-            classes=sc.classes,
-            instances=sc.instances,
-            device=device,
-        )
-        self.classes, self.instances = sc.classes, sc.instances
-        self.wipe = _wipes(config)
-        self.eval_episodes, self.eval_seed, self.eval_batch = ec.episodes, ec.seed, ec.batch_size
-        self.inputs = train.images[0, 0].numel() + sc.classes
-        self.outputs = sc.classes
-
-    def train_loss(
-        self, model: MemoryAugmentedNetwork, batch: int, carry: RecurrentState | None
-    ) -> tuple[Tensor, dict[str, Tensor], RecurrentState]:
-        data = self.sampler.sample(batch)
-        logits, state = model(data.inputs(self.classes), self._start(model, carry, batch))
-        loss = nn.functional.cross_entropy(logits.flatten(0, 1), data.labels.flatten())
-        correct = (logits.argmax(-1) == data.labels).float()
-        second = (correct * (data.instance == 2)).sum() / (data.instance == 2).sum()
-        return (
-            loss,
-            {"loss": loss.detach(), "accuracy": correct.mean(), "accuracy_2nd": second},
-            state,
-        )
-
-    def _start(
-        self, model: MemoryAugmentedNetwork, carry: RecurrentState | None, batch: int
-    ) -> RecurrentState | None:
-        """Wiped memory (None), or, for the no-wipe variant, a fresh controller over the memory
-        the previous episodes left (detached: no gradient across episodes)."""
-        if self.wipe or carry is None or carry.hidden.shape[0] != batch:
-            return None
-        fresh = model.initial_state(batch, carry.hidden.device, carry.hidden.dtype)
-        memory = type(carry.memory)(*(t.detach() for t in carry.memory))
-        return fresh._replace(memory=memory)
-
-    @torch.no_grad()
-    def evaluate(self, model: MemoryAugmentedNetwork) -> dict[str, Any]:
-        per_episode = []  # (episodes, instances): accuracy at each presentation, per episode
-        carry = None
-        for data in self.test.fixed_episodes(self.eval_episodes, self.eval_seed, self.eval_batch):
-            logits, carry = model(
-                data.inputs(self.classes), self._start(model, carry, data.labels.shape[0])
-            )
-            correct = (logits.argmax(-1) == data.labels).float()
-            at = torch.nn.functional.one_hot(data.instance - 1, self.instances).float()
-            per_episode.append(((correct.unsqueeze(-1) * at).sum(1) / at.sum(1)).cpu())
-        table = 100 * torch.cat(per_episode)  # percent
-        instances = {}
-        for i in INSTANCES_REPORTED:
-            if i <= self.instances:
-                m, c = mean_ci95(table[:, i - 1])
-                instances[str(i)] = {"accuracy": m, "ci95": c}
-        return {
-            "task": "one-shot episodes",
-            "classes": self.classes,
-            "instances": self.instances,
-            "episodes": int(table.shape[0]),
-            "wipe_memory": self.wipe,
-            "accuracy_by_instance": instances,
-        }
-
-    def get_state(self) -> Tensor:
-        return self.sampler.get_state()
-
-    def set_state(self, state: Tensor) -> None:
-        self.sampler.set_state(state)
 
 
 def build_network(config: Config, inputs: int, outputs: int) -> MemoryAugmentedNetwork:
@@ -210,9 +49,35 @@ def build_network(config: Config, inputs: int, outputs: int) -> MemoryAugmentedN
 
 
 def build_task(config: Config, device: torch.device, *, progress: bool) -> SequenceTask:
+    sc, ec = config.sequence, config.eval
     if config.data.dataset == "copy":
-        return CopyTask(config, device)
-    return OneShotTask(config, device, progress=progress)
+        sampler = CopySampler(
+            bits=sc.bits, min_length=sc.min_length, max_length=sc.max_length, seed=config.seed
+        )
+        return CopyTask(
+            sampler,
+            device=device,
+            eval_seed=ec.seed,
+            eval_max_length=sc.eval_max_length,
+            eval_per_length=max(1, ec.episodes // 10),
+        )
+    splits = build_splits(config.data, progress=progress)
+    train = pick_split(splits, config.train.split, "train.split")
+    return OneShotTask(
+        OneShotSequenceSampler(
+            train, classes=sc.classes, instances=sc.instances, seed=config.seed, device=device
+        ),
+        OneShotSequenceSampler(
+            pick_split(splits, ec.split, "eval.split"),
+            classes=sc.classes,
+            instances=sc.instances,
+            device=device,
+        ),
+        wipe_memory=_wipes(config),
+        eval_episodes=ec.episodes,
+        eval_seed=ec.seed,
+        eval_batch=ec.batch_size,
+    )
 
 
 def sequence_train(

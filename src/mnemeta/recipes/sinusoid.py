@@ -25,11 +25,11 @@ from tqdm import tqdm
 
 from mnemeta.algorithms.inner_optim import apply_updates, sgd
 from mnemeta.algorithms.maml import MAML
-from mnemeta.checkpoint import atomic_write_text
 from mnemeta.data.sinusoid import SinusoidTasks
 from mnemeta.episode import EpisodeBatch
+from mnemeta.io import atomic_write_text
 from mnemeta.nn import MLP
-from mnemeta.recipes.evaluate import mean_ci95
+from mnemeta.stats import mean_ci95
 
 BASELINE_STEP_SIZES = (0.001, 0.005, 0.01, 0.02, 0.05)
 

@@ -35,7 +35,7 @@ from typing import Any, BinaryIO
 import faiss
 import numpy as np
 
-from mnemeta.checkpoint import atomic_write_bytes
+from mnemeta.io import atomic_write_bytes
 
 KINDS = ("flat", "hnsw", "ivf")
 

@@ -23,8 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mnemeta.checkpoint import atomic_write_text
 from mnemeta.errors import MnemetaError
+from mnemeta.io import atomic_write_text
 
 FORMAT = "mnemeta-task-memory"
 VERSION = 1
