@@ -1,6 +1,9 @@
 """The contract every meta-learner in mnemeta passes (DESIGN.md: one common-checks suite).
 
-Add a learner to LEARNERS and it is checked for: the protocol's methods and what they return,
+Every learner registered for the episodic recipe (``mnemeta.registry.LEARNERS``) is checked as
+``registered-<name>``, built from its own config's defaults through the registry exactly as the
+CLI builds it (a tiny Conv-4, 16x16 images); LEARNERS below adds hand-built variants. Each is
+checked for: the protocol's methods and what they return,
 a finite loss and detached metrics, a non-zero gradient on every parameter (bar the listed
 structural zeros, which are checked to be zero), metrics that agree with adapt's predictions,
 ``adapt`` leaving the meta-parameters unchanged, determinism under a seed, and a batch of
@@ -19,12 +22,38 @@ from mnemeta.algorithms import MatchingNet, MetaLearner, ProtoNet
 from mnemeta.algorithms.maml import MAML, Classifier
 from mnemeta.algorithms.meta_memory import MetaMemoryNet
 from mnemeta.algorithms.reptile import Reptile
+from mnemeta.config import config_from_dict
 from mnemeta.data.glyphs import make_glyphs
 from mnemeta.data.sampler import EpisodeSampler
 from mnemeta.episode import EpisodeBatch
 from mnemeta.nn import Conv4
+from mnemeta.recipes.build import build_learner
+from mnemeta.registry import LEARNERS as REGISTRY
+
+#: Settings the tiny batch below needs, beyond each learner's defaults: Reptile's test-time
+#: mini-batches must hold the whole support set (6), or a batch of tasks and the same tasks one
+#: by one would draw different mini-batches.
+TINY: dict[str, dict[str, object]] = {"reptile": {"eval_inner_batch": 6}}
+
+
+def _registered(name: str) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        model = {"algorithm": name, **TINY.get(name, {})}
+        config = config_from_dict({"model": model, "backbone": {"hidden": 8}})
+        learner: nn.Module = build_learner(config, (1, 16, 16), n_way=3, classes=12)
+        return learner
+
+    return build
+
+
+REGISTERED = {
+    f"registered-{spec.name}": _registered(spec.name)
+    for spec in REGISTRY
+    if spec.recipe == "episodic"
+}
 
 LEARNERS: dict[str, Callable[[], nn.Module]] = {
+    **REGISTERED,
     "protonet": lambda: ProtoNet(Conv4(1, 8, primitive_bn=False)),
     "protonet-cosine": lambda: ProtoNet(Conv4(1, 8), distance="cosine"),
     "matching": lambda: MatchingNet(Conv4(1, 8), embedding_dim=8),
@@ -79,6 +108,7 @@ def _float64(batch: EpisodeBatch) -> EpisodeBatch:
         batch.query_x.double(),
         batch.query_y,
         batch.n_way,
+        batch.classes,
     )
 
 
@@ -136,11 +166,15 @@ def test_every_parameter_gets_a_gradient(name: str, batch: EpisodeBatch) -> None
         grads[pname] = p.grad.abs().max().item()
     largest = max(grads.values())
     assert largest > 0
+    # A structural zero is only zero up to rounding, and Reptile's inner Adam divides by
+    # sqrt(v) + eps, which turns that rounding (~1e-16) into steps up to lr * noise / eps: up to
+    # 1.3e-7 of the largest gradient seen with Reptile's default 5 steps. Real gradients are at
+    # least 4.7e-4 of the largest here, so the two bounds stay 50x apart.
     for pname, g in grads.items():
         if _structurally_zero(pname):
-            assert g <= 1e-7 * largest, f"{pname}: {g / largest:.1e}, expected a structural 0"
+            assert g <= 1e-6 * largest, f"{pname}: {g / largest:.1e}, expected a structural 0"
         else:
-            assert g > 1e-6 * largest, f"{pname}: gradient {g / largest:.1e} of the largest"
+            assert g > 1e-5 * largest, f"{pname}: gradient {g / largest:.1e} of the largest"
 
 
 @pytest.mark.parametrize("name", LEARNERS)
