@@ -147,6 +147,48 @@ def small_layout(omniglot_folder_root: Path, omniglot_scratch: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
+def small_official(
+    omniglot_folder_root: Path, omniglot_scratch: Path, sets: Sets
+) -> tuple[Path, dict[str, tuple[int, int]], Sets, Path]:
+    """The first two alphabets of each official set as a layout (hard links), the (alphabets,
+    characters) the loader must then expect, what they decode to (the same classes of the full
+    decode), and a cache of them written by the real decoder.
+
+    Decoding these ~1,900 drawings takes a fraction of a second, against ~10 s for the whole
+    set, so the cache tests below can rebuild for real instead of faking the decoder.
+    """
+    root = Path(tempfile.mkdtemp(prefix="small-official-", dir=omniglot_scratch))
+    totals, expected = {}, {}
+    for split in SPLITS:
+        src = omniglot_folder_root / split
+        first_two = sorted(p.name for p in src.iterdir())[:2]
+        link_tree(src, root / split, keep=lambda p, names=first_two: p.name in names)
+        names = sorted(f"{a}/{c.name}" for a in first_two for c in (src / a).iterdir())
+        totals[split] = (2, len(names))
+        expected[KEYS[split]] = sets[KEYS[split]].subset(names)
+    cache = root / ".cache"
+    with pytest.MonkeyPatch.context() as m:
+        for split, total in totals.items():
+            m.setitem(omniglot._EXPECTED, split, total)
+        assert_same(load_omniglot_background_evaluation(root, cache_dir=cache), expected)
+    return root, totals, expected, cache
+
+
+@pytest.fixture
+def small_cache(
+    small_official: tuple[Path, dict[str, tuple[int, int]], Sets, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[Path, Path, Sets]:
+    """(layout, a private copy of its cache, what it decodes to), with the loader expecting
+    the small layout's totals for this test (only the two totals are patched)."""
+    root, totals, expected, cache = small_official
+    for split, total in totals.items():
+        monkeypatch.setitem(omniglot._EXPECTED, split, total)
+    return root, shutil.copytree(cache, tmp_path / "cache"), expected
+
+
+@pytest.fixture(scope="module")
 def full_copy(omniglot_folder_root: Path, omniglot_scratch: Path) -> Path:
     """A complete extracted layout made of hard links, for tests that damage one file."""
     root = Path(tempfile.mkdtemp(prefix="full-copy-", dir=omniglot_scratch))
@@ -465,32 +507,26 @@ CORRUPTIONS: dict[str, Callable[[Path], None]] = {
 
 @pytest.mark.parametrize("corruption", sorted(CORRUPTIONS))
 def test_damaged_cache_is_detected_and_rebuilt(
-    omniglot_zip_root: Path,
-    zip_cache: Path,
-    sets: Sets,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    corruption: str,
+    small_cache: tuple[Path, Path, Sets], monkeypatch: pytest.MonkeyPatch, corruption: str
 ) -> None:
-    cache = shutil.copytree(zip_cache, tmp_path / "cache")
+    root, cache, expected = small_cache
     (target,) = cache.glob("omniglot-images_evaluation-*.safetensors")
     CORRUPTIONS[corruption](target)
-    calls = []
+    real_decode, calls = omniglot._decode, []
 
-    def fake_decode(listing: Any, image_size: int, progress: bool) -> torch.Tensor:
-        # Stands in for the real decode (tested elsewhere) so that ten rebuilds cost nothing.
+    def counted_decode(listing: Any, image_size: int, progress: bool) -> torch.Tensor:
         calls.append(listing.split)
-        return sets["evaluation"].images.clone()
+        return real_decode(listing, image_size, progress)
 
-    monkeypatch.setattr(omniglot, "_decode", fake_decode)
+    monkeypatch.setattr(omniglot, "_decode", counted_decode)
     with pytest.warns(RuntimeWarning, match=r"damaged Omniglot cache"):
-        rebuilt = load_omniglot_background_evaluation(omniglot_zip_root, cache_dir=cache)
-    assert calls == ["images_evaluation"]
-    assert_same(rebuilt, sets)
+        rebuilt = load_omniglot_background_evaluation(root, cache_dir=cache)
+    assert calls == ["images_evaluation"]  # the intact background cache is still used
+    assert_same(rebuilt, expected)  # decoded again: the classes of the full decode
     # The rewritten file is good again: the next load decodes nothing and warns nothing.
     monkeypatch.setattr(omniglot, "_decode", no_decode)
-    assert_same(load_omniglot_background_evaluation(omniglot_zip_root, cache_dir=cache), sets)
-    assert sorted(p.name for p in cache.iterdir()) == sorted(p.name for p in zip_cache.iterdir())
+    assert_same(load_omniglot_background_evaluation(root, cache_dir=cache), expected)
+    assert len(list(cache.iterdir())) == 2  # rewritten in place, no temp file left
 
 
 def test_damaged_cache_rebuilt_for_real(
@@ -507,17 +543,14 @@ def test_damaged_cache_rebuilt_for_real(
 
 
 def test_unwritable_cache_warns_and_still_returns_the_data(
-    omniglot_zip_root: Path, sets: Sets, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    small_cache: tuple[Path, Path, Sets], tmp_path: Path
 ) -> None:
+    root, _, expected = small_cache
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    split_of = {"images_background": "background", "images_evaluation": "evaluation"}
-    monkeypatch.setattr(
-        omniglot, "_decode", lambda listing, *a: sets[split_of[listing.split]].images.clone()
-    )
     with pytest.warns(RuntimeWarning, match=r"could not write the Omniglot cache.*MNEMETA_CACHE"):
-        data = load_omniglot_background_evaluation(omniglot_zip_root, cache_dir=blocker / "c")
-    assert_same(data, sets)
+        data = load_omniglot_background_evaluation(root, cache_dir=blocker / "c")
+    assert_same(data, expected)  # decoded for real, only not cached
 
 
 # ------------------------------------------------------------------------- wrong roots, layouts

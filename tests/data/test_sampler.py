@@ -26,33 +26,40 @@ def _trace(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return pixels[..., 0, 0, 0], pixels[..., 0, 0, 1]  # class, drawing
 
 
-@settings(max_examples=30, deadline=None)
-@given(
-    n_classes=st.integers(2, 12),
-    per_class=st.integers(2, 8),
-    ways=st.integers(1, 12),
-    shots=st.integers(1, 4),
-    queries=st.integers(0, 4),
-    tasks=st.integers(1, 3),
-    seed=st.integers(0, 2**31),
-)
-def test_episodes_are_well_formed(
-    n_classes: int, per_class: int, ways: int, shots: int, queries: int, tasks: int, seed: int
-) -> None:
-    if ways > n_classes or shots + queries > per_class:
-        return
-    sampler = EpisodeSampler(
-        _tagged(n_classes, per_class), ways=ways, shots=shots, queries=queries, seed=seed
-    )
+@st.composite
+def episode_shapes(draw: st.DrawFn) -> tuple[list[int], int, int, int, int]:
+    """(drawings per class, ways, shots, queries, tasks), valid by construction: ways at most
+    the classes, shots + queries at most the smallest class (classes may differ in size)."""
+    n_classes = draw(st.integers(2, 12))
+    smallest = draw(st.integers(2, 8))
+    counts = draw(st.lists(st.integers(smallest, 8), min_size=n_classes, max_size=n_classes))
+    counts[draw(st.integers(0, n_classes - 1))] = smallest
+    ways = draw(st.integers(1, n_classes))
+    shots = draw(st.integers(1, min(4, smallest)))
+    queries = draw(st.integers(0, min(4, smallest - shots)))
+    return counts, ways, shots, queries, draw(st.integers(1, 3))
+
+
+@settings(max_examples=40, deadline=None)
+@given(shape=episode_shapes(), seed=st.integers(0, 2**31))
+def test_episodes_are_well_formed(shape: tuple[list[int], int, int, int, int], seed: int) -> None:
+    counts, ways, shots, queries, tasks = shape
+    data = _tagged(len(counts), max(counts), counts)
+    sampler = EpisodeSampler(data, ways=ways, shots=shots, queries=queries, seed=seed)
     b = sampler.sample(tasks)
     assert b.support_x.shape == (tasks, ways * shots, 1, 2, 2)
     assert b.query_x.shape == (tasks, ways * queries, 1, 2, 2)
-    assert b.support_y.min() >= 0 and b.support_y.max() < ways
+    # labels 0..N-1, each repeated K (Q) times in a row
+    labels = torch.arange(ways)
+    assert torch.equal(b.support_y, labels.repeat_interleave(shots).expand(tasks, -1))
+    assert torch.equal(b.query_y, labels.repeat_interleave(queries).expand(tasks, -1))
     s_cls, s_draw = _trace(b.support_x)
     q_cls, q_draw = _trace(b.query_x)
+    # never a padding slot of a smaller class
+    assert (s_draw < data.counts[s_cls]).all() and (q_draw < data.counts[q_cls]).all()
     for t in range(tasks):
         # one class per label, distinct classes per episode
-        label_class = {}
+        label_class: dict[int, int] = {}
         for cls, lab in zip(
             torch.cat([s_cls[t], q_cls[t]]).tolist(),
             torch.cat([b.support_y[t], b.query_y[t]]).tolist(),

@@ -79,6 +79,17 @@ def test_address_composes_the_four_steps() -> None:
     torch.testing.assert_close(address(memory, previous, head), w)
 
 
+def test_head_params_by_hand() -> None:
+    # width 2, shift range 1: [key (2), β, g, shift (3), γ], each through its own activation
+    raw = t([[[0.5, -1.0, 0.0, math.log(3.0), 0.0, math.log(2.0), 0.0, 1.0]]])
+    p = head_params(raw, 2, 1)
+    torch.testing.assert_close(p.key, t([[[math.tanh(0.5), math.tanh(-1.0)]]]))
+    torch.testing.assert_close(p.strength, t([[math.log(2.0)]]))  # softplus(0) = ln 2
+    torch.testing.assert_close(p.gate, t([[0.75]]))  # sigmoid(ln 3) = 3/4
+    torch.testing.assert_close(p.shift, t([[[0.25, 0.5, 0.25]]]))  # softmax(0, ln 2, 0)
+    torch.testing.assert_close(p.sharpen, t([[1.0 + math.log1p(math.e)]]))  # 1 + softplus(1)
+
+
 def test_head_params_ranges() -> None:
     raw = torch.randn(3, 2, head_param_size(5, 2)) * 10
     p = head_params(raw, 5, 2)

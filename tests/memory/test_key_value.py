@@ -69,15 +69,26 @@ def test_ring_buffer_overwrites_the_oldest() -> None:
 
 
 def test_write_does_not_mutate_and_is_differentiable() -> None:
-    state = kv.init_state(2, 3, 4, 2)
-    keys = torch.randn(2, 2, 4, requires_grad=True)
-    values = torch.randn(2, 2, 2, requires_grad=True)
+    g = torch.Generator().manual_seed(0)
+    d = torch.float64
+    state = kv.init_state(2, 3, 4, 2, dtype=d)
+    keys = torch.randn(2, 2, 4, generator=g, dtype=d, requires_grad=True)
+    values = torch.randn(2, 2, 2, generator=g, dtype=d, requires_grad=True)
+    query = torch.randn(2, 5, 4, generator=g, dtype=d)
     new = kv.write(state, keys, values)
     assert state.written == 0 and not state.keys.any()
-    value, _ = kv.read(new, torch.randn(2, 5, 4), strength=3.0)
+    value, weights = kv.read(new, query, strength=3.0)
     value.sum().backward()
-    assert keys.grad is not None and keys.grad.abs().sum() > 0
-    assert values.grad is not None and values.grad.abs().sum() > 0
+    # The read is Σⱼ wⱼ vⱼ, so d(Σ read)/d vⱼ is the weight row j drew, summed over queries
+    # (and over the value's width); the rows went to slots 0 and 1 of 3.
+    expected = weights.detach().sum(1)[:, :2, None].expand(2, 2, 2)
+    assert values.grad is not None
+    torch.testing.assert_close(values.grad, expected, rtol=0, atol=1e-12)
+    # The keys' gradient through the cosine softmax, against finite differences.
+    assert torch.autograd.gradcheck(
+        lambda k: kv.read(kv.write(state, k, values.detach()), query, strength=3.0)[0],
+        (keys.detach().requires_grad_(),),
+    )
 
 
 def test_errors() -> None:

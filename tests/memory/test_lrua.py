@@ -1,4 +1,5 @@
-"""LRUA against Santoro et al. (2016), §3.1, by hand; hypothesis properties of usage."""
+"""LRUA against Santoro et al. (2016), §3.1, by hand (one and two heads); hypothesis properties
+of usage."""
 
 from __future__ import annotations
 
@@ -46,6 +47,47 @@ def test_one_step_by_hand() -> None:
     expected_lu[usage.argmin()] = 1.0
     torch.testing.assert_close(new.least_used[0], expected_lu)
     torch.testing.assert_close(new.read_weights, w_read)
+
+
+def _reference_read_weights(memory: list[list[float]], key: list[float]) -> list[float]:
+    """softmax over rows of the cosine of ``key`` with each row (β = 1), in plain floats; the
+    norms' product carries the library's 1e-8 (addressing.EPS, which keeps a zero row finite)."""
+    norm_k = math.hypot(*key)
+    cos = [(r[0] * key[0] + r[1] * key[1]) / (math.hypot(*r) * norm_k + 1e-8) for r in memory]
+    e = [math.exp(c) for c in cos]
+    return [v / sum(e) for v in e]
+
+
+def test_two_heads_by_hand_zero_only_the_lowest_usage_row() -> None:
+    # Two heads, so the last wˡᵘ has two ones (rows 1 and 3, the two smallest usages), but
+    # "prior to writing", only the least-used row (1, usage 0.2) is zeroed: row 3 keeps [2, 0].
+    state = lrua.LRUAState(
+        memory=t([[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [2.0, 0.0], [0.0, 2.0]]]),
+        usage=t([[0.6, 0.2, 0.9, 0.4, 0.7]]),
+        read_weights=t([[[0.0, 0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0, 1.0]]]),
+        least_used=t([[0.0, 1.0, 0.0, 1.0, 0.0]]),
+    )
+    keys = t([[[1.0, 2.0], [0.0, 1.0]]])
+    gates = t([[0.0, math.log(3.0)]])  # σ = 1/2 and 3/4
+    values, new, w_read, w_write = lrua.step(state, keys, gates, decay=0.9)
+    # 1. head 0: ½ on its last read row 2, ½ on each least-used row; head 1: ¾ on row 4, ¼ ...
+    write_weights = [[0.0, 0.5, 0.5, 0.5, 0.0], [0.0, 0.25, 0.0, 0.25, 0.75]]
+    torch.testing.assert_close(w_write[0], t(write_weights), rtol=0, atol=1e-15)
+    # 2.-3. row 1 zeroed, then Σₕ wʷₕ(i) kₕ added: row 3 = [2, 0] + ½[1, 2] + ¼[0, 1]
+    memory = [[1.0, 0.0], [0.5, 1.25], [1.5, 2.0], [2.5, 1.25], [0.0, 2.75]]
+    torch.testing.assert_close(new.memory[0], t(memory), rtol=0, atol=1e-15)
+    # 4.-5. each head reads with its own key
+    reads = [_reference_read_weights(memory, k) for k in ([1.0, 2.0], [0.0, 1.0])]
+    torch.testing.assert_close(w_read[0], t(reads), rtol=0, atol=1e-12)
+    torch.testing.assert_close(values[0], t(reads) @ t(memory), rtol=0, atol=1e-12)
+    # 6. usage: γ wᵘ + the reads of both heads summed + the writes of both heads summed
+    usage = [
+        0.9 * u + reads[0][i] + reads[1][i] + write_weights[0][i] + write_weights[1][i]
+        for i, u in enumerate([0.6, 0.2, 0.9, 0.4, 0.7])
+    ]
+    torch.testing.assert_close(new.usage[0], t(usage), rtol=0, atol=1e-12)
+    # 7. usage is now ≈ [0.774, 1.415, 1.762, 1.457, 1.861]: rows 0 and 1 are the least used
+    torch.testing.assert_close(new.least_used[0], t([1.0, 1.0, 0.0, 0.0, 0.0]))
 
 
 def test_init_state_and_fill_order() -> None:

@@ -1,6 +1,6 @@
 """Whether a checkpoint may be resumed under a config: only keys that do not change what is
-trained may differ (the run's name and folder, the device, the step budget, logging, evaluation).
-Shared by every training recipe."""
+trained may differ (the run's name and folder, the device, the step budget unless the linear
+schedule ends at it, logging, evaluation). Shared by every training recipe."""
 
 from __future__ import annotations
 
@@ -47,6 +47,15 @@ def check_resumable(saved: dict[str, Any], config: Config, path: str) -> None:
             f"checkpoint {path} was written by another config ({diffs}); resume "
             "with the same preset and --set values, or start a new run"
         )
+    if config.train.lr_schedule == "linear" and now["train.steps"] != before["train.steps"]:
+        # The linear schedule reaches 0 at train.steps: another budget is another schedule, and
+        # the resumed rate would jump back up from where the first budget had annealed it.
+        raise CheckpointError(
+            f"checkpoint {path} anneals the learning rate to 0 at step {before['train.steps']} "
+            f"(train.lr_schedule='linear'), so train.steps cannot change on resume (train.steps: "
+            f"{before['train.steps']} -> {now['train.steps']}); resume with "
+            f"train.steps={before['train.steps']}, or start a new run"
+        )
 
 
 def resumed_clock(state: dict[str, Any], config: Config, path: str) -> TrainingClock:
@@ -54,10 +63,12 @@ def resumed_clock(state: dict[str, Any], config: Config, path: str) -> TrainingC
     steps below ``train.steps`` and, with ``train.max_minutes``, minutes."""
     start, steps = int(state["step"]), config.train.steps
     if start >= steps:
-        raise CheckpointError(
-            f"{path} is already at step {start} of {steps}; raise train.steps with --set to "
-            "train further"
+        further = (
+            "its linear schedule has ended: start a new run to train further"
+            if config.train.lr_schedule == "linear"
+            else "raise train.steps with --set to train further"
         )
+        raise CheckpointError(f"{path} is already at step {start} of {steps}; {further}")
     clock = TrainingClock(config.train.max_minutes, float(state.get("train_seconds", 0.0)))
     clock.check_resumable(path)
     return clock
