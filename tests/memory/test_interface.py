@@ -4,7 +4,7 @@ memory-augmented network as nothing but a controller composed with a memory obje
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 import torch
@@ -13,9 +13,10 @@ from torch.nn import functional as F
 from mnemeta.algorithms.mann import MemoryAugmentedNetwork
 from mnemeta.errors import ConfigError
 from mnemeta.memory import LRUAConfig, LRUAMemory, Memory, NTMMemory, NTMMemoryConfig
-from mnemeta.registry import MEMORIES
+from mnemeta.memory.interface import check_raw
+from mnemeta.registry import MEMORIES, MemorySpec
 
-NAMES = MEMORIES.names()
+NAMES = MEMORIES.names()  # the memories mnemeta registers (read before any test adds one)
 
 
 def _memory(name: str) -> Memory[Any]:
@@ -206,3 +207,66 @@ def test_memory_keywords_beside_a_memory_object_are_refused() -> None:
 def test_out_of_range_keys_are_config_errors(make: Any) -> None:
     with pytest.raises(ConfigError, match="memory: "):
         make()
+
+
+class _SumState(NamedTuple):
+    total: torch.Tensor  # (B, W)
+
+
+@dataclasses.dataclass(frozen=True)
+class _SumConfig:
+    width: int = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class _RunningSum:
+    """A memory written outside mnemeta.memory: it adds tanh(raw) to a running total and
+    reads the total."""
+
+    config: _SumConfig = dataclasses.field(default_factory=_SumConfig)
+
+    @property
+    def raw_size(self) -> int:
+        return self.config.width
+
+    @property
+    def read_size(self) -> int:
+        return self.config.width
+
+    def init_head_bias(self, bias: torch.Tensor) -> None:
+        bias.zero_()
+
+    def init_state(self, batch: int, device: Any, dtype: torch.dtype) -> _SumState:
+        return _SumState(torch.zeros(batch, self.config.width, device=device, dtype=dtype))
+
+    def step(self, state: _SumState, raw: torch.Tensor) -> Any:
+        check_raw(self, raw)
+        total = state.total + torch.tanh(raw)
+        weights = total.new_zeros(total.shape[0], 0, 0)
+        return total, _SumState(total), weights, weights
+
+
+@dataclasses.dataclass(frozen=True)
+class _TapeConfig:
+    length: int = 5  # a key the network has no keyword argument for
+
+
+def test_a_newly_registered_memory_is_built_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Adding a memory is registering it: the network needs no edit to build it by name."""
+    spec = MemorySpec("running_sum", _SumConfig, "test", build=_RunningSum)
+    monkeypatch.setitem(MEMORIES._entries, spec.name, spec)
+    torch.manual_seed(5)
+    net = MemoryAugmentedNetwork(5, 3, controller=8, memory="running_sum", width=4).double()
+    assert net.memory == _RunningSum(_SumConfig(width=4))
+    assert net.heads is not None and torch.equal(
+        net.heads.bias, torch.zeros(4, dtype=torch.float64)
+    )
+    x = torch.randn(2, 4, 5, dtype=torch.float64)
+    logits, final = net(x)
+    assert torch.equal(logits, _hand_loop(net, net.memory, x))
+    assert final.memory.total.abs().sum() > 0
+
+    tape = MemorySpec("tape", _TapeConfig, "test", build=lambda c: None)
+    monkeypatch.setitem(MEMORIES._entries, tape.name, tape)
+    with pytest.raises(ConfigError, match="memory 'tape' reads length, which"):
+        MemoryAugmentedNetwork(5, 3, memory="tape")

@@ -83,7 +83,8 @@ class MemoryAugmentedNetwork(nn.Module):
         initial_strength: float = 10.0,
     ) -> None:
         super().__init__()
-        # Stored as given (the network's keyword arguments); the memory object is what reads.
+        # The constructor's arguments, stored as given. They describe the memory only when it
+        # is given by name; the memory object (self.memory, its keys in .config) is what reads.
         self.rows, self.width = rows, width
         self.read_heads, self.write_heads = read_heads, write_heads
         self.shift_range = shift_range
@@ -183,7 +184,8 @@ def _build_memory(memory: str | Memory[Any], **keys: Any) -> Memory[Any]:
     if unread:
         raise ConfigError(
             f"memory {memory!r} reads {', '.join(unread)}, which MemoryAugmentedNetwork takes "
-            f"no argument for; pass memory={spec.build.__name__}({spec.config.__name__}(...))"
+            f"no argument for; build it (MEMORIES.get({memory!r}).build(config)) and pass "
+            "the object as memory="
         )
     return spec.build(spec.config(**{k: keys[k] for k in spec.key_names()}))
 
