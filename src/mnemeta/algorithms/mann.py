@@ -1,6 +1,7 @@
 """Memory-augmented recurrent networks: an LSTM controller with an NTM or LRUA memory.
 
-One module, three memories, so the baselines are trained exactly like the models:
+One module, any memory of ``mnemeta.registry.MEMORIES``, so the baselines are trained exactly
+like the models:
 
 - ``memory="ntm"``: the Neural Turing Machine (Graves et al. 2014): read and write heads with
   content and location addressing, erase and add vectors.
@@ -10,14 +11,16 @@ One module, three memories, so the baselines are trained exactly like the models
 
 At step t the controller sees the input xₜ and the previous read vectors rₜ₋₁; the output is
 a linear map of the controller's hidden state hₜ and the new read vectors rₜ (Santoro et al.,
-eq. for oₜ; Graves's controller emits the output from the same two). Memory is wiped at the
-start of :meth:`forward` unless a state is passed in (the no-wipe variant carries it over).
-Time is a Python loop (the recurrence); heads and rows are batched tensor ops.
+eq. for oₜ; Graves's controller emits the output from the same two). A linear head layer maps
+hₜ to the memory's raw head outputs, and the memory object (mnemeta.memory.interface) turns
+them into reads and writes. Memory is wiped at the start of :meth:`forward` unless a state is
+passed in (the no-wipe variant carries it over). Time is a Python loop (the recurrence); heads
+and rows are batched tensor ops.
 """
 
 from __future__ import annotations
 
-import math
+import inspect
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -25,18 +28,15 @@ import torch
 from torch import Tensor, nn
 
 from mnemeta.errors import ConfigError
-from mnemeta.memory import lrua, ntm
-from mnemeta.memory.addressing import head_param_size, head_params
-from mnemeta.registry import LEARNERS, BuildContext, LearnerConfig, LearnerSpec
-
-MEMORIES = ("ntm", "lrua", "none")
+from mnemeta.memory import Memory  # importing mnemeta.memory registers its memories in MEMORIES
+from mnemeta.registry import LEARNERS, MEMORIES, BuildContext, LearnerConfig, LearnerSpec
 
 
 class RecurrentState(NamedTuple):
     hidden: Tensor  # (B, controller)
     cell: Tensor  # (B, controller)
-    reads: Tensor  # (B, R * W): the last read vectors, fed to the controller
-    memory: Any  # NTMState | LRUAState | None
+    reads: Tensor  # (B, read_size): the last read vectors, fed to the controller
+    memory: Any  # the memory's own state: NTMState | LRUAState | NoMemoryState
 
 
 class MemoryAugmentedNetwork(nn.Module):
@@ -46,7 +46,10 @@ class MemoryAugmentedNetwork(nn.Module):
     Args:
         inputs, outputs: sizes of xₜ and of the output logits.
         controller: LSTM units (NTM copy task: 100; MANN Omniglot: 200).
-        memory: ``"ntm"``, ``"lrua"`` or ``"none"``.
+        memory: a name in ``MEMORIES`` (``"ntm"``, ``"lrua"`` or ``"none"``), built from the
+            keyword arguments below that its config reads; or a memory object (e.g.
+            ``LRUAMemory(LRUAConfig(...))``), which carries its own keys, so the arguments
+            below must then stay at their defaults.
         rows, width: memory shape N × W (copy: 128 × 20; Omniglot: 128 × 40).
         read_heads: R (copy: 1; MANN: 4). The NTM has ``write_heads`` write heads; an LRUA
             head reads and writes with one key.
@@ -56,7 +59,12 @@ class MemoryAugmentedNetwork(nn.Module):
             addressing); False is the paper's equation, β = 1, whose softmax over 128 cosines
             in [−1, 1] can never focus on one row.
         initial_strength: LRUA: the β a fresh network starts from (with ``key_strength``).
+
+    The parameters are created in the order controller, heads, output (the same seed gives
+    the same weights); a memory with ``raw_size`` 0 gets no head layer.
     """
+
+    heads: nn.Linear | None
 
     def __init__(
         self,
@@ -64,7 +72,7 @@ class MemoryAugmentedNetwork(nn.Module):
         outputs: int,
         *,
         controller: int = 100,
-        memory: str = "ntm",
+        memory: str | Memory[Any] = "ntm",
         rows: int = 128,
         width: int = 20,
         read_heads: int = 1,
@@ -75,56 +83,39 @@ class MemoryAugmentedNetwork(nn.Module):
         initial_strength: float = 10.0,
     ) -> None:
         super().__init__()
-        if memory not in MEMORIES:
-            raise ConfigError(f"memory must be one of {MEMORIES}; got {memory!r}")
-        self.memory_kind = memory
+        # The constructor's arguments, stored as given. They describe the memory only when it
+        # is given by name; the memory object (self.memory, its keys in .config) is what reads.
         self.rows, self.width = rows, width
-        self.read_heads = read_heads if memory != "none" else 0
-        self.write_heads = write_heads
+        self.read_heads, self.write_heads = read_heads, write_heads
         self.shift_range = shift_range
         self.usage_decay = usage_decay
-        self.key_strength = key_strength
-        read_size = self.read_heads * width
+        self.key_strength, self.initial_strength = key_strength, initial_strength
+        self.memory: Memory[Any] = _build_memory(
+            memory,
+            rows=rows,
+            width=width,
+            read_heads=read_heads,
+            write_heads=write_heads,
+            shift_range=shift_range,
+            usage_decay=usage_decay,
+            key_strength=key_strength,
+            initial_strength=initial_strength,
+        )
+        read_size = self.memory.read_size
         self.controller = nn.LSTMCell(inputs + read_size, controller)
-        if memory == "ntm":
-            per_head = head_param_size(width, shift_range)
-            # Read heads: addressing only; write heads: addressing, erase and add vectors.
-            self.heads = nn.Linear(
-                controller, read_heads * per_head + write_heads * (per_head + 2 * width)
-            )
-        elif memory == "lrua":
-            # Per head: the key, the write gate α, and (optionally) the key strength β.
-            per_head = width + 1 + int(key_strength)
-            self.heads = nn.Linear(controller, read_heads * per_head)
-            if key_strength:
-                # Start β near `initial_strength`, not softplus(0) = 0.69: with β < 1 the reads
-                # are a near-uniform average of 128 rows, so their gradient is weak and training
-                # sits on the chance plateau far longer (seen in our runs).
-                with torch.no_grad():
-                    bias = self.heads.bias.view(read_heads, per_head)
-                    bias[:, width + 1] = initial_strength + math.log(-math.expm1(-initial_strength))
+        self.heads = None
+        if self.memory.raw_size > 0:
+            self.heads = nn.Linear(controller, self.memory.raw_size)
+            with torch.no_grad():
+                self.memory.init_head_bias(self.heads.bias)
         self.output = nn.Linear(controller + read_size, outputs)
 
     def initial_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> RecurrentState:
         """A fresh controller and a wiped memory for ``batch`` sequences."""
         size = self.controller.hidden_size
         zeros = torch.zeros(batch, size, device=device, dtype=dtype)
-        memory: Any = None
-        if self.memory_kind == "ntm":
-            memory = ntm.init_state(
-                batch,
-                self.rows,
-                self.width,
-                read_heads=self.read_heads,
-                write_heads=self.write_heads,
-                device=device,
-                dtype=dtype,
-            )
-        elif self.memory_kind == "lrua":
-            memory = lrua.init_state(
-                batch, self.rows, self.width, heads=self.read_heads, device=device, dtype=dtype
-            )
-        reads = torch.zeros(batch, self.read_heads * self.width, device=device, dtype=dtype)
+        memory = self.memory.init_state(batch, device, dtype)
+        reads = torch.zeros(batch, self.memory.read_size, device=device, dtype=dtype)
         return RecurrentState(zeros, zeros.clone(), reads, memory)
 
     def forward(
@@ -151,53 +142,52 @@ class MemoryAugmentedNetwork(nn.Module):
     ) -> tuple[Tensor, RecurrentState]:
         """One time step: ``(B, inputs)`` -> logits ``(B, outputs)`` and the next state."""
         h, c = self.controller(torch.cat([x, state.reads], dim=-1), (state.hidden, state.cell))
-        if self.memory_kind == "none":
-            return self.output(h), RecurrentState(h, c, state.reads, None)
-        batch = x.shape[0]
-        raw = self.heads(h)
-        memory: ntm.NTMState | lrua.LRUAState
-        if self.memory_kind == "ntm":
-            reads, memory, w_read, w_write = self._ntm_step(state.memory, raw, batch)
-        else:
-            reads, memory, w_read, w_write = self._lrua_step(state.memory, raw, batch)
+        # A memory without heads (raw_size 0, the LSTM baseline) has no head layer: its raw
+        # outputs are a (B, 0) view.
+        raw = h[:, :0] if self.heads is None else self.heads(h)
+        reads, memory, w_read, w_write = self.memory.step(state.memory, raw)
         if trace is not None:
             trace.setdefault("read", []).append(w_read.detach())
             trace.setdefault("write", []).append(w_write.detach())
-        flat_reads = reads.reshape(batch, -1)
-        logits = self.output(torch.cat([h, flat_reads], dim=-1))
-        return logits, RecurrentState(h, c, flat_reads, memory)
+        # An empty read vector adds nothing to the output's input: skip the copy torch.cat
+        # would make (the LSTM baseline then outputs self.output(h), as it always did).
+        features = torch.cat([h, reads], dim=-1) if self.memory.read_size else h
+        logits = self.output(features)
+        return logits, RecurrentState(h, c, reads, memory)
 
-    def _ntm_step(
-        self, state: ntm.NTMState, raw: Tensor, batch: int
-    ) -> tuple[Tensor, ntm.NTMState, Tensor, Tensor]:
-        per_head = head_param_size(self.width, self.shift_range)
-        n_read = self.read_heads * per_head
-        read_raw = raw[:, :n_read].reshape(batch, self.read_heads, per_head)
-        write_raw = raw[:, n_read:].reshape(batch, self.write_heads, per_head + 2 * self.width)
-        read_params = head_params(read_raw, self.width, self.shift_range)
-        write_params = head_params(write_raw[..., :per_head], self.width, self.shift_range)
-        erase = torch.sigmoid(write_raw[..., per_head : per_head + self.width])
-        add = torch.tanh(write_raw[..., per_head + self.width :])
-        # Read the memory as it was (Mₜ₋₁), then write: the reads feed the output of this step
-        # and the controller of the next.
-        reads, w_read = ntm.read(state, read_params)
-        state = ntm.write(state, write_params, erase, add)._replace(read_weights=w_read)
-        return reads, state, w_read, state.write_weights
 
-    def _lrua_step(
-        self, state: lrua.LRUAState, raw: Tensor, batch: int
-    ) -> tuple[Tensor, lrua.LRUAState, Tensor, Tensor]:
-        per_head = self.width + 1 + int(self.key_strength)
-        raw = raw.reshape(batch, self.read_heads, per_head)
-        keys = torch.tanh(raw[..., : self.width])
-        gate = raw[..., self.width]
-        strength: Tensor | float = 1.0
-        if self.key_strength:
-            strength = nn.functional.softplus(raw[..., self.width + 1])
-        reads, state, w_read, w_write = lrua.step(
-            state, keys, gate, decay=self.usage_decay, strength=strength
+def _build_memory(memory: str | Memory[Any], **keys: Any) -> Memory[Any]:
+    """The memory object a network holds: built from the registry's entry for a name, with the
+    network's keyword arguments that its config reads; or the object given, unchanged."""
+    if not isinstance(memory, str):
+        if not isinstance(memory, Memory):
+            raise ConfigError(
+                f"memory must be a name ({', '.join(MEMORIES.names())}) or an object with "
+                f"raw_size, read_size, init_head_bias, init_state and step; got {memory!r}"
+            )
+        defaults = inspect.signature(MemoryAugmentedNetwork.__init__).parameters
+        changed = sorted(k for k, v in keys.items() if v != defaults[k].default)
+        if changed:
+            raise ConfigError(
+                f"memory is an object, which carries its own keys, but {', '.join(changed)} "
+                f"{'was' if len(changed) == 1 else 'were'} given to MemoryAugmentedNetwork too; "
+                "set them in the memory's config instead"
+            )
+        return memory
+    if memory not in MEMORIES:
+        raise ConfigError(
+            f"memory must be one of {', '.join(MEMORIES.names())} (or a memory object); "
+            f"got {memory!r}"
         )
-        return reads, state, w_read, w_write
+    spec = MEMORIES.get(memory)
+    unread = [k for k in spec.key_names() if k not in keys]
+    if unread:
+        raise ConfigError(
+            f"memory {memory!r} reads {', '.join(unread)}, which MemoryAugmentedNetwork takes "
+            f"no argument for; build it (MEMORIES.get({memory!r}).build(config)) and pass "
+            "the object as memory="
+        )
+    return spec.build(spec.config(**{k: keys[k] for k in spec.key_names()}))
 
 
 @dataclass

@@ -17,18 +17,27 @@ One step (:func:`step`), the paper's equations in the order they are applied:
 
 As in the paper, the write key of a head is its read key, and wˡᵘ has n ones, so the write
 weights of a head need not sum to one. Shapes: memory ``(B, N, W)``, per-head ``(B, H, ·)``.
+
+:class:`LRUAMemory` is the same memory behind the :class:`~mnemeta.memory.interface.Memory`
+interface (registered as ``"lrua"``): it parses a controller's raw head outputs into keys, gates
+and key strengths and calls :func:`step`.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from mnemeta.errors import ConfigError
 from mnemeta.memory.addressing import content_weights
+from mnemeta.memory.interface import check_raw
 from mnemeta.memory.ntm import MEMORY_INIT, read_memory
+from mnemeta.registry import MEMORIES, MemorySpec
 
 
 class LRUAState(NamedTuple):
@@ -115,3 +124,105 @@ def step(
     state, w_write = write(state, keys, gate_logit)
     values, w_read = read(state, keys, strength)
     return values, update_usage(state, w_read, w_write, decay), w_read, w_write
+
+
+@dataclass(frozen=True)
+class LRUAConfig:
+    """The LRUA memory's keys (the defaults are Santoro et al.'s Omniglot MANN)."""
+
+    rows: int = 128  # N
+    width: int = 40  # W
+    read_heads: int = 4  # H; each head reads with its key and writes that key back
+    usage_decay: float = 0.95  # γ
+    # Learn a key strength β per head (the NTM's content addressing). False is the paper's
+    # equation, β = 1, whose softmax over 128 cosines in [-1, 1] can never focus on one row.
+    key_strength: bool = True
+    initial_strength: float = 10.0  # β at initialisation (softplus(0) = 0.69 trains slowly)
+
+    def __post_init__(self) -> None:
+        for name in ("rows", "width", "read_heads"):
+            if getattr(self, name) < 1:
+                raise ConfigError(
+                    f"LRUA memory: {name} must be at least 1, got {getattr(self, name)}"
+                )
+        if self.read_heads > self.rows:
+            raise ConfigError(
+                f"LRUA memory: read_heads={self.read_heads} needs as many least-used rows, but "
+                f"rows={self.rows}; use fewer heads or more rows"
+            )
+        if not 0.0 <= self.usage_decay <= 1.0:
+            raise ConfigError(f"LRUA memory: usage_decay must be in [0, 1], got {self.usage_decay}")
+        if self.key_strength and not self.initial_strength > 0:
+            raise ConfigError(
+                "LRUA memory: initial_strength is a softplus output and must be > 0, got "
+                f"{self.initial_strength}"
+            )
+
+
+@dataclass(frozen=True)
+class LRUAMemory:
+    """Santoro et al.'s LRUA memory behind the Memory interface.
+
+    The raw outputs of one step are, per head, the key (tanh), the write gate's logit α and,
+    with ``key_strength``, the key strength β (softplus).
+    """
+
+    config: LRUAConfig = field(default_factory=LRUAConfig)
+
+    @property
+    def per_head(self) -> int:
+        """Raw outputs per head: the key, the write gate α, and (optionally) the key strength β."""
+        return self.config.width + 1 + int(self.config.key_strength)
+
+    @property
+    def raw_size(self) -> int:
+        return self.config.read_heads * self.per_head
+
+    @property
+    def read_size(self) -> int:
+        return self.config.read_heads * self.config.width
+
+    def init_head_bias(self, bias: Tensor) -> None:
+        """Start β near ``initial_strength``: the bias of each head's β output is set to the
+        softplus inverse, s + log(1 − e⁻ˢ)."""
+        c = self.config
+        if c.key_strength:
+            # Not softplus(0) = 0.69: with β < 1 the reads are a near-uniform average of 128
+            # rows, so their gradient is weak and training sits on the chance plateau far
+            # longer (seen in our runs).
+            per_head = bias.view(c.read_heads, self.per_head)
+            per_head[:, c.width + 1] = c.initial_strength + math.log(
+                -math.expm1(-c.initial_strength)
+            )
+
+    def init_state(
+        self, batch: int, device: torch.device | str | None, dtype: torch.dtype
+    ) -> LRUAState:
+        c = self.config
+        return init_state(batch, c.rows, c.width, heads=c.read_heads, device=device, dtype=dtype)
+
+    def step(self, state: LRUAState, raw: Tensor) -> tuple[Tensor, LRUAState, Tensor, Tensor]:
+        check_raw(self, raw)
+        c, batch = self.config, raw.shape[0]
+        raw = raw.reshape(batch, c.read_heads, self.per_head)
+        keys = torch.tanh(raw[..., : c.width])
+        gate = raw[..., c.width]
+        strength: Tensor | float = 1.0
+        if c.key_strength:
+            strength = F.softplus(raw[..., c.width + 1])
+        # The module's pure step (1-7 above); this method only parses the raw outputs.
+        reads, state, w_read, w_write = step(
+            state, keys, gate, decay=c.usage_decay, strength=strength
+        )
+        return reads.reshape(batch, -1), state, w_read, w_write
+
+
+MEMORIES.register(
+    MemorySpec(
+        "lrua",
+        LRUAConfig,
+        "least-recently-used access: content reads, writes to the last-read or least-used rows "
+        "(Santoro et al. 2016)",
+        build=LRUAMemory,
+    )
+)
