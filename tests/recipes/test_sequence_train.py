@@ -110,3 +110,15 @@ def test_max_minutes_stops_a_sequence_run_and_compile_is_refused(tmp_path: Path)
     assert (tmp_path / "result.md").is_file()  # evaluated all the same
     with pytest.raises(MnemetaError, match=r"train.compile='default' applies to the episodic"):
         sequence_train(copy_config(tmp_path, "train.compile=default"), progress=False)
+
+
+def test_the_lstm_baseline_trains_without_wiping_between_episodes(tmp_path: Path) -> None:
+    # Its memory state was None, which the no-wipe carry could not detach (a TypeError at
+    # step 2); now every memory, the LSTM's empty one too, has a state of tensors.
+    settings = [i for i in ONE_SHOT if "memory_" not in i and "read_heads" not in i]
+    config = load_config(
+        "lstm_omniglot_5class",
+        [*settings, "model.wipe_memory=false", "train.steps=4", f"out_dir={tmp_path}"],
+    )
+    sequence_train(config, progress=False)
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 4
