@@ -103,6 +103,11 @@ class OneShotSequenceSampler:
         seed: int = 0,
         device: torch.device | str = "cpu",
     ) -> None:
+        if classes < 1 or instances < 1:
+            raise ConfigError(
+                f"episodes need classes >= 1 and instances >= 1; got classes={classes}, "
+                f"instances={instances}"
+            )
         if classes > data.n_classes:
             raise DataError(
                 f"episodes of {classes} classes need at least {classes} classes; the split has "
