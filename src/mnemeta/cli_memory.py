@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mnemeta.errors import MnemetaError
+from mnemeta.errors import ConfigError, DataError, StoreError
 
 
 def add_memory_parser(sub: Any) -> None:
@@ -105,7 +105,7 @@ def _search(args: argparse.Namespace) -> int:
     import torch
 
     if args.k < 1:
-        raise MnemetaError(f"--k {args.k} must be at least 1")
+        raise ConfigError(f"--k {args.k} must be at least 1")
     with _open(args.path, read_only=True) as mem:
         if args.id is not None:
             queries = mem.get(args.id).embedding[None]
@@ -117,7 +117,7 @@ def _search(args: argparse.Namespace) -> int:
             query = _tensor(args.query_file, args.key, "--query-file")
             queries = query[None] if query.ndim == 1 else query
             if queries.ndim != 2 or queries.shape[1] != mem.dim:
-                raise MnemetaError(
+                raise StoreError(
                     f"--query-file {args.query_file} holds shape {tuple(query.shape)}; this "
                     f"memory needs ({mem.dim},) or (Q, {mem.dim})"
                 )
@@ -142,7 +142,7 @@ def _add(args: argparse.Namespace) -> int:
     emb = _tensor(args.embedding_file, args.key, "--embedding-file")
     embs = emb[None] if emb.ndim == 1 else emb
     if embs.ndim != 2:
-        raise MnemetaError(
+        raise StoreError(
             f"--embedding-file {args.embedding_file} holds shape {tuple(emb.shape)}; pass a "
             "(D,) embedding or (N, D) for N tasks"
         )
@@ -194,7 +194,7 @@ def _open(path: str, *, read_only: bool) -> Any:
     from mnemeta.store import TaskMemory
 
     if not Path(path).exists():
-        raise MnemetaError(
+        raise StoreError(
             f"no task memory at {path}; create one with "
             "`mnemeta memory add PATH --embedding-file E.safetensors`, or pass an existing one"
         )
@@ -206,11 +206,11 @@ def _tensors(file: str, flag: str) -> dict[str, Any]:
 
     p = Path(file)
     if not p.is_file():
-        raise MnemetaError(f"{flag} {file} does not exist; pass a .safetensors file")
+        raise DataError(f"{flag} {file} does not exist; pass a .safetensors file")
     try:
         return dict(safetensors.torch.load_file(p))
     except Exception as e:  # safetensors raises its own error type for foreign files
-        raise MnemetaError(
+        raise DataError(
             f"{flag} {file} is not a readable safetensors file ({e}); write one with "
             "safetensors.torch.save_file({'embedding': tensor}, path)"
         ) from None
@@ -220,12 +220,12 @@ def _tensor(file: str, key: str | None, flag: str) -> Any:
     tensors = _tensors(file, flag)
     if key is not None:
         if key not in tensors:
-            raise MnemetaError(
+            raise DataError(
                 f"{flag} {file} has no tensor {key!r}; it has: {', '.join(sorted(tensors))}"
             )
         return tensors[key]
     if len(tensors) != 1:
-        raise MnemetaError(
+        raise DataError(
             f"{flag} {file} holds {len(tensors)} tensors ({', '.join(sorted(tensors))}); "
             "name the one to use with --key"
         )
@@ -238,11 +238,11 @@ def _json_object(text: str | None, flag: str) -> dict[str, Any] | None:
     try:
         value = json.loads(text)
     except ValueError as e:
-        raise MnemetaError(
+        raise ConfigError(
             f"{flag} is not valid JSON ({e}); pass an object like '{{\"a\": 1}}'"
         ) from None
     if not isinstance(value, dict):
-        raise MnemetaError(f"{flag} must be a JSON object like '{{\"a\": 1}}', got {text!r}")
+        raise ConfigError(f"{flag} must be a JSON object like '{{\"a\": 1}}', got {text!r}")
     return value
 
 

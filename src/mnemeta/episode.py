@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from mnemeta.errors import DataError
+
 
 @dataclass(frozen=True)
 class Support:
@@ -65,7 +67,7 @@ class EpisodeBatch:
             and self.query_x.shape[1] == self.query_y.shape[1]
         )
         if not shapes_ok:
-            raise ValueError(
+            raise DataError(
                 "EpisodeBatch tensors disagree on the task or example dimension: support "
                 f"{tuple(self.support_x.shape)}/{tuple(self.support_y.shape)}, query "
                 f"{tuple(self.query_x.shape)}/{tuple(self.query_y.shape)}"

@@ -23,6 +23,7 @@ from torch.func import functional_call, grad, vmap
 
 from mnemeta.algorithms.inner_optim import Params as Params  # re-exported: learners import it here
 from mnemeta.algorithms.inner_optim import apply_updates, chain, memory_pull, sgd
+from mnemeta.errors import ConfigError
 from mnemeta.nn.vmap import under_vmap
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -135,7 +136,7 @@ def over_tasks(
             torch.stack, [r[1] for r in results]
         )
     if strategy != "vmap":
-        raise ValueError(f"strategy must be 'vmap' or 'loop'; got {strategy!r}")
+        raise ConfigError(f"strategy must be 'vmap' or 'loop'; got {strategy!r}")
     batched = vmap(per_task, randomness="different")
     size = chunk if chunk > 0 else n
     parts = [batched(*(t[i : i + size] for t in tensors)) for i in range(0, n, size)]

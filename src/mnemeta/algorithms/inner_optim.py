@@ -39,7 +39,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from mnemeta.errors import MnemetaError
+from mnemeta.errors import ConfigError
 
 Params = dict[str, Tensor]
 Updates = tuple[Params, ...]
@@ -82,7 +82,7 @@ def sgd(lr: float | Tensor | Params) -> InnerOptimizer:
         if isinstance(lr, dict):
             missing = sorted(set(params) - set(lr))
             if missing:
-                raise MnemetaError(
+                raise ConfigError(
                     f"sgd: no step size for {missing}; the per-tensor lr needs one entry for "
                     f"every adapted weight (it has {sorted(lr)})"
                 )

@@ -78,6 +78,12 @@ class MAML(nn.Module):
             raise ConfigError(f"task must be 'classification' or 'regression'; got {task!r}")
         if strategy not in ("auto", "vmap", "loop"):
             raise ConfigError(f"model.strategy={strategy!r} is unknown; choose auto, vmap or loop")
+        steps = (inner_steps, inner_steps if eval_inner_steps is None else eval_inner_steps)
+        if min(steps) < 0 or task_chunk < 0:
+            raise ConfigError(
+                f"need inner_steps, eval_inner_steps >= 0 and task_chunk >= 0; got "
+                f"{steps[0]}, {steps[1]}, {task_chunk}"
+            )
         self.model = model
         self.task = task
         self.inner_lr, self.inner_steps = inner_lr, inner_steps

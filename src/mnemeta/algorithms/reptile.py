@@ -57,6 +57,17 @@ class Reptile(nn.Module):
         strategy: str = "auto",
     ) -> None:
         super().__init__()
+        # The same checks, with the same messages, as MAML's: a learner is refused a bad
+        # argument when it is built, not at its first meta_loss.
+        if task not in ("classification", "regression"):
+            raise ConfigError(f"task must be 'classification' or 'regression'; got {task!r}")
+        if strategy not in ("auto", "vmap", "loop"):
+            raise ConfigError(f"model.strategy={strategy!r} is unknown; choose auto, vmap or loop")
+        if min(inner_steps, eval_inner_steps) < 0 or min(inner_batch, eval_inner_batch) < 1:
+            raise ConfigError(
+                f"need inner_steps, eval_inner_steps >= 0 and inner_batch, eval_inner_batch >= 1; "
+                f"got {inner_steps}, {eval_inner_steps}, {inner_batch}, {eval_inner_batch}"
+            )
         self.model, self.task = model, task
         self.inner_lr, self.inner_steps, self.inner_batch = inner_lr, inner_steps, inner_batch
         self.eval_inner_steps, self.eval_inner_batch = eval_inner_steps, eval_inner_batch
@@ -165,8 +176,6 @@ class ReptileConfig(EpisodicConfig):
 
 def _build(cfg: ReptileConfig, ctx: BuildContext) -> Reptile:
     encoder = ctx.build_backbone(per_task_statistics=True)
-    if cfg.strategy not in ("auto", "vmap", "loop"):
-        raise ConfigError(f"model.strategy={cfg.strategy!r} is unknown; choose auto, vmap or loop")
     return Reptile(
         Classifier(encoder, encoder.out_features(ctx.input_shape), ctx.outputs),
         inner_lr=cfg.inner_lr,

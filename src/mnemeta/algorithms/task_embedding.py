@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from mnemeta.algorithms.protocol import embed_tasks
 from mnemeta.algorithms.protonet import prototypes
 from mnemeta.episode import Support
-from mnemeta.errors import MnemetaError
+from mnemeta.errors import ConfigError, DataError
 
 
 def embedding_size(feature_dim: int) -> int:
@@ -61,7 +61,7 @@ def task_embedding(features: Tensor, labels: Tensor, n_way: int) -> Tensor:
     cosine similarity 0 with everything.
     """
     if n_way < 2:
-        raise MnemetaError(
+        raise ConfigError(
             f"a task embedding needs at least 2 classes to compare (got n_way={n_way}); "
             "use episodes with 2 or more ways"
         )
@@ -102,7 +102,7 @@ def match_classes(new: Tensor, old: Tensor) -> Tensor:
     N ≤ 60 of few-shot episodes, where the Hungarian algorithm would need SciPy.
     """
     if new.shape != old.shape:
-        raise ValueError(f"prototypes disagree in shape: {tuple(new.shape)} vs {tuple(old.shape)}")
+        raise DataError(f"prototypes disagree in shape: {tuple(new.shape)} vs {tuple(old.shape)}")
     n = new.shape[0]
     sim = nn.functional.normalize(new, dim=-1) @ nn.functional.normalize(old, dim=-1).T
     perm = torch.full((n,), -1, dtype=torch.long)

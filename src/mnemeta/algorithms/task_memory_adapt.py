@@ -40,7 +40,7 @@ from mnemeta.algorithms.protocol import Predictor
 from mnemeta.algorithms.protonet import prototypes
 from mnemeta.algorithms.task_embedding import match_classes, task_embedding
 from mnemeta.episode import Support
-from mnemeta.errors import MnemetaError
+from mnemeta.errors import ConfigError, DataError
 
 #: Key of the class prototypes stored beside a task's weights; parameter names have no "/".
 PROTOTYPES = "task/prototypes"
@@ -149,20 +149,20 @@ class MemoryAugmentedAdaptation:
         write: bool = True,
     ) -> None:
         if warm_start not in WARM_STARTS:
-            raise MnemetaError(
+            raise ConfigError(
                 f"warm_start={warm_start!r} is unknown; choose 'weighted', 'nearest' or None"
             )
         if k < 1 or tau <= 0:
-            raise MnemetaError(f"need k >= 1 and tau > 0; got k={k}, tau={tau}")
+            raise ConfigError(f"need k >= 1 and tau > 0; got k={k}, tau={tau}")
         classification = learner.task == "classification"
         if encoder is None and classification:
             encoder = getattr(learner.model, "encoder", None)
         if classification and encoder is None:
-            raise MnemetaError(
+            raise ConfigError(
                 "the learner's model has no .encoder for class prototypes; pass encoder="
             )
         if not classification and embed is None:
-            raise MnemetaError(
+            raise ConfigError(
                 "regression tasks have no classes to embed; pass embed=, a function from a "
                 "one-task Support to a (1, E) embedding"
             )
@@ -186,9 +186,9 @@ class MemoryAugmentedAdaptation:
         inputs ``(T, Q, *input_shape)`` to outputs ``(T, Q, n_way)`` (or ``(T, Q, out)``).
         """
         if isinstance(info, Mapping):
-            raise MnemetaError("info is one mapping per task; pass a list, e.g. info=[{...}]")
+            raise ConfigError("info is one mapping per task; pass a list, e.g. info=[{...}]")
         if info is not None and len(info) != support.x.shape[0]:
-            raise MnemetaError(
+            raise DataError(
                 f"info has {len(info)} entries for {support.x.shape[0]} tasks; give one per task"
             )
         fast_weights = []

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mnemeta.errors import MnemetaError
+from mnemeta.errors import ConfigError, DataError
 
 
 @dataclass(frozen=True)
@@ -35,13 +35,13 @@ class ClassImages:
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.dim() != 5:
-            raise ValueError(
+            raise DataError(
                 f"ClassImages.images must be uint8 (classes, per_class, C, H, W); got "
                 f"{self.images.dtype} with shape {tuple(self.images.shape)}"
             )
         n = self.images.shape[0]
         if self.counts.shape != (n,) or len(self.names) != n:
-            raise ValueError(
+            raise DataError(
                 f"ClassImages has {n} classes but {tuple(self.counts.shape)} counts and "
                 f"{len(self.names)} names"
             )
@@ -67,7 +67,7 @@ class ClassImages:
         index = {name: i for i, name in enumerate(self.names)}
         missing = [n for n in names if n not in index]
         if missing:
-            raise MnemetaError(
+            raise DataError(
                 f"{len(missing)} class(es) of the split are not in the data, e.g. {missing[0]!r}; "
                 "check that the data folder holds the complete dataset"
             )
@@ -95,7 +95,7 @@ def rotate_classes(data: ClassImages, degrees: Sequence[int] = (0, 90, 180, 270)
     names: list[str] = []
     for deg in degrees:
         if deg % 90:
-            raise MnemetaError(f"rotations must be multiples of 90 degrees; got {deg}")
+            raise ConfigError(f"rotations must be multiples of 90 degrees; got {deg}")
         # rot90 counter-clockwise k times, as torchvision's and Snell's loaders do.
         blocks.append(torch.rot90(data.images, k=deg // 90, dims=(-2, -1)))
         names.extend(f"{n}/rot{deg:03d}" for n in data.names)

@@ -22,7 +22,7 @@ import zlib
 from pathlib import Path
 from typing import BinaryIO
 
-from mnemeta.errors import MnemetaError
+from mnemeta.errors import ConfigError, DataError
 from mnemeta.io import atomic_write_bytes
 
 __all__ = ["download_file", "safe_extract_zip"]
@@ -48,8 +48,9 @@ def download_file(
 
     The bytes go to a temporary file in ``dest``'s folder and are hashed on the fly; ``dest``
     appears (atomically, via :func:`mnemeta.io.atomic_write_bytes`) only if every given checksum
-    matches. On any failure
-    the temporary file is deleted and a :class:`MnemetaError` names the URL and the fix.
+    matches. On any failure of the download the temporary file is deleted and a
+    :class:`DataError` names the URL and the fix; a URL that is not http(s) is a
+    :class:`ConfigError`.
 
     Args:
         url: an ``http://`` or ``https://`` URL (redirects are followed).
@@ -65,7 +66,7 @@ def download_file(
     dest = Path(dest)
     scheme = urllib.parse.urlsplit(url).scheme
     if scheme not in ("http", "https"):
-        raise MnemetaError(f"cannot download {url!r}: only http(s) URLs are supported; fix the URL")
+        raise ConfigError(f"cannot download {url!r}: only http(s) URLs are supported; fix the URL")
     started = False  # whether atomic_write_bytes got as far as calling fetch (the temp file exists)
 
     def fetch(out: BinaryIO) -> None:
@@ -89,13 +90,13 @@ def download_file(
                 finally:
                     bar.close()
         except (OSError, http.client.HTTPException) as exc:  # URLError/HTTPError are OSErrors
-            raise MnemetaError(
+            raise DataError(
                 f"could not download {url} ({exc}); check the URL and the network "
                 f"connection, or fetch the file by hand and put it at {dest}"
             ) from exc
         # Without a checksum this is the only guard against a connection that closed early.
         if total is not None and received != total:
-            raise MnemetaError(
+            raise DataError(
                 f"download of {url} stopped after {received} of {total} bytes; retry it"
             )
         for name, expected, h in (("sha256", sha256, h_sha256), ("md5", md5, h_md5)):
@@ -103,7 +104,7 @@ def download_file(
                 continue
             got = h.hexdigest()
             if not hmac.compare_digest(got, expected.strip().lower()):
-                raise MnemetaError(
+                raise DataError(
                     f"{name} mismatch for {url}: got {got}, expected {expected}; the download "
                     "is damaged or the file changed upstream (nothing was kept): retry, or pass "
                     "the new checksum if you trust the new file"
@@ -117,7 +118,7 @@ def download_file(
     except OSError as exc:
         if started:  # an error while writing the download (a full disk): not about the folder
             raise
-        raise MnemetaError(
+        raise DataError(
             f"cannot write beside {dest} ({exc}); make {dest.parent} writable or choose another "
             "destination"
         ) from exc
@@ -176,7 +177,7 @@ def safe_extract_zip(zip_path: str | os.PathLike[str], dest: str | os.PathLike[s
     """Extract ``zip_path`` into the new folder ``dest``, refusing anything that could escape it.
 
     Every member is checked *before* anything is written: absolute paths, drive letters, ``..``
-    components, symbolic links and special files are refused with a :class:`MnemetaError` naming
+    components, symbolic links and special files are refused with a :class:`DataError` naming
     the member. The archive is then extracted into a temporary sibling folder, which is renamed to
     ``dest`` only when every member was written and CRC-checked; a failure removes it, so ``dest``
     either appears complete or not at all.
@@ -191,7 +192,7 @@ def safe_extract_zip(zip_path: str | os.PathLike[str], dest: str | os.PathLike[s
     """
     zip_path, dest = Path(zip_path), Path(dest)
     if dest.exists():
-        raise MnemetaError(
+        raise DataError(
             f"cannot extract {zip_path} into {dest}: it already exists; delete it or choose "
             "another destination"
         )
@@ -201,7 +202,7 @@ def safe_extract_zip(zip_path: str | os.PathLike[str], dest: str | os.PathLike[s
             for info in infos:
                 reason = _unsafe_reason(info)
                 if reason is not None:
-                    raise MnemetaError(
+                    raise DataError(
                         f"refusing to extract {zip_path}: member {info.filename!r} is unsafe "
                         f"({reason}); the archive is not trustworthy, get it again from its "
                         "official source"
@@ -216,12 +217,12 @@ def safe_extract_zip(zip_path: str | os.PathLike[str], dest: str | os.PathLike[s
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
     except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
-        raise MnemetaError(
+        raise DataError(
             f"{zip_path} is not a valid zip archive ({exc}); the file is damaged or incomplete: "
             "download it again"
         ) from exc
     except OSError as exc:  # a missing archive, a read-only destination, a full disk
-        raise MnemetaError(
+        raise DataError(
             f"cannot extract {zip_path} into {dest} ({exc}); check that the archive exists and "
             "that the destination's folder is writable"
         ) from exc
@@ -236,7 +237,7 @@ def _extract_members(
         target = tmp.joinpath(*re.split(r"[\\/]", info.filename))
         # Belt and braces after _unsafe_reason: the resolved target must stay inside tmp.
         if not target.resolve().is_relative_to(root):
-            raise MnemetaError(
+            raise DataError(
                 f"refusing to extract {zip_path}: member {info.filename!r} resolves outside the "
                 "destination; the archive is not trustworthy, get it again from its official source"
             )
@@ -249,12 +250,12 @@ def _extract_members(
             with zf.open(info) as src, open(target, "xb") as out:
                 shutil.copyfileobj(src, out, _CHUNK)
         except FileExistsError as exc:
-            raise MnemetaError(
+            raise DataError(
                 f"refusing to extract {zip_path}: member {info.filename!r} appears twice; the "
                 "archive is not trustworthy, get it again from its official source"
             ) from exc
         except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
-            raise MnemetaError(
+            raise DataError(
                 f"{zip_path} member {info.filename!r} is damaged ({exc}); download the archive "
                 "again"
             ) from exc

@@ -40,7 +40,7 @@ from PIL import Image
 from mnemeta.data.cache import TensorCache, Validate, cache_folder, cache_key, check_tensor
 from mnemeta.data.classes import ClassImages, rotate_classes
 from mnemeta.data.download import download_file, progress_bar
-from mnemeta.errors import MnemetaError
+from mnemeta.errors import ConfigError, DataError
 
 __all__ = [
     "OMNIGLOT_MD5",
@@ -111,7 +111,7 @@ def find_omniglot_root(root: str | os.PathLike[str] | None) -> Path:
     data = os.environ.get("MNEMETA_DATA")
     if data:
         return Path(data).expanduser() / "omniglot"
-    raise MnemetaError(
+    raise DataError(
         "no Omniglot folder given: pass --set data.root=PATH or set MNEMETA_DATA (the folder "
         "that holds omniglot/)"
     )
@@ -149,7 +149,7 @@ def load_omniglot_background_evaluation(
     """
     root = find_omniglot_root(root)
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-        raise MnemetaError(f"image_size must be a positive integer; got {image_size!r}")
+        raise ConfigError(f"image_size must be a positive integer; got {image_size!r}")
     sources = _locate_sources(
         root,
         download=download,
@@ -195,7 +195,7 @@ def load_omniglot(
         ``torch.rot90(k=1, dims=(-2, -1))``.
     """
     if split not in ("vinyals", "lake"):
-        raise MnemetaError(f"unknown Omniglot split {split!r}; choose 'vinyals' or 'lake'")
+        raise ConfigError(f"unknown Omniglot split {split!r}; choose 'vinyals' or 'lake'")
     sets = load_omniglot_background_evaluation(
         root,
         image_size=image_size,
@@ -246,12 +246,12 @@ def _locate_sources(
 ) -> dict[str, Path]:
     """The zip (preferred) or folder of each split under ``root``, downloading what is missing."""
     if root.is_file():
-        raise MnemetaError(
+        raise DataError(
             f"Omniglot root {root} is a file, not a folder; pass --set data.root={root.parent} "
             "(the folder that holds images_background.zip and images_evaluation.zip)"
         )
     if not root.exists() and not download:
-        raise MnemetaError(
+        raise DataError(
             f"Omniglot folder {root} does not exist; pass --set data.root=PATH (the folder that "
             "holds images_background.zip and images_evaluation.zip or their extracted folders), "
             "set MNEMETA_DATA, or pass --set data.download=true to fetch the official zips"
@@ -268,9 +268,9 @@ def _locate_sources(
         # A recognisably misplaced root is an error even with download=True: downloading into
         # the wrong folder would hide the user's data instead of finding it.
         if hint is not None:
-            raise MnemetaError(hint)
+            raise DataError(hint)
         if not download and len(missing) == len(_SPLITS):
-            raise MnemetaError(
+            raise DataError(
                 f"Omniglot folder {root} holds neither images_background.zip and "
                 "images_evaluation.zip nor their extracted folders images_background/ and "
                 "images_evaluation/; point --set data.root at the folder that holds them, or "
@@ -278,7 +278,7 @@ def _locate_sources(
             )
         if not download:
             split = missing[0]
-            raise MnemetaError(
+            raise DataError(
                 f"Omniglot folder {root} has no {split}.zip and no {split}/ folder; copy it "
                 "there (from the official release) or pass --set data.download=true to fetch it"
             )
@@ -361,7 +361,7 @@ class _Listing:
         classes: ``"Alphabet/characterNN"`` for each character, sorted.
         members: for each class in order, its 20 drawings in file-name order, as paths relative
             to the zip root / the folder's parent (``images_background/A/character01/x.png``).
-        read: the bytes of one member (raises MnemetaError naming it if unreadable).
+        read: the bytes of one member (raises DataError naming it if unreadable).
     """
 
     split: str
@@ -399,7 +399,7 @@ def _group(
     members: list[str] = []
     for (alphabet, character), files in sorted(drawings.items()):
         if len(files) != _DRAWINGS:
-            raise MnemetaError(
+            raise DataError(
                 f"{location}: {split}/{alphabet}/{character} has {len(files)} drawings, expected "
                 f"{_DRAWINGS}; the copy is incomplete or damaged: extract or download "
                 f"{split}.zip again"
@@ -423,7 +423,7 @@ def _list_zip(path: Path, split: str, data: bytes) -> _Listing:
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
     except zipfile.BadZipFile as exc:
-        raise MnemetaError(
+        raise DataError(
             f"{path} is not a valid zip archive ({exc}); it is damaged or an incomplete download: "
             "delete it and copy it again, or pass --set data.download=true"
         ) from exc
@@ -440,14 +440,14 @@ def _list_zip(path: Path, split: str, data: bytes) -> _Listing:
             or parts[0] != split
             or any(p in ("", ".", "..") or "\\" in p for p in parts)
         ):
-            raise MnemetaError(
+            raise DataError(
                 f"{path} holds the unexpected member {name!r} (expected "
                 f"{split}/<Alphabet>/<characterNN>/<XXXX_YY>.png); this is not the official "
                 f"{split}.zip: delete it and download it again"
             )
         # The official PNGs are ~300 bytes; refuse to inflate a "zip bomb" member into memory.
         if info.file_size > _MAX_PNG_BYTES:
-            raise MnemetaError(
+            raise DataError(
                 f"{path} member {name!r} claims {info.file_size} bytes, far more than an Omniglot "
                 f"drawing; this is not the official {split}.zip: delete it and download it again"
             )
@@ -458,7 +458,7 @@ def _list_zip(path: Path, split: str, data: bytes) -> _Listing:
         try:
             return zf.read(member)
         except (zipfile.BadZipFile, zlib.error, EOFError) as exc:  # bad CRC, broken deflate
-            raise MnemetaError(
+            raise DataError(
                 f"{path} member {member} is damaged ({exc}); delete the zip and copy or download "
                 "it again"
             ) from exc
@@ -502,7 +502,7 @@ def _list_folder(path: Path, split: str, drawings: Mapping[tuple[str, str], list
         try:
             return (parent / member).read_bytes()
         except OSError as exc:
-            raise MnemetaError(
+            raise DataError(
                 f"cannot read {parent / member} ({exc}); check the file's permissions, or "
                 f"extract {split}.zip again"
             ) from exc
@@ -516,7 +516,7 @@ def _check_totals(listing: _Listing) -> None:
     alphabets = len({name.split("/", 1)[0] for name in listing.classes})
     n_alphabets, n_classes = _EXPECTED[listing.split]
     if (alphabets, len(listing.classes)) != (n_alphabets, n_classes):
-        raise MnemetaError(
+        raise DataError(
             f"{listing.location} holds {alphabets} alphabets and {len(listing.classes)} "
             f"characters, but the official {listing.split} has {n_alphabets} and {n_classes}; "
             f"the copy is incomplete: extract or download {listing.split}.zip again"
@@ -543,7 +543,7 @@ def _decode(listing: _Listing, image_size: int, progress: bool) -> torch.Tensor:
                 if listing.location.is_file()
                 else str(listing.location.parent / member)
             )
-            raise MnemetaError(
+            raise DataError(
                 f"{where} {exc}; the copy is damaged: replace it with the file from the official "
                 f"{listing.split}.zip (or download that again)"
             ) from exc

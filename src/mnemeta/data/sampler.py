@@ -19,7 +19,7 @@ from torch import Tensor
 
 from mnemeta.data.classes import ClassImages
 from mnemeta.episode import EpisodeBatch
-from mnemeta.errors import MnemetaError
+from mnemeta.errors import ConfigError, DataError
 
 _CHUNK = 100  # episodes per generator in fixed_episodes
 
@@ -167,20 +167,21 @@ def _to_unit_float(pixels: Tensor) -> Tensor:
 def check_episode_shape(
     data: ClassImages, *, ways: int, shots: int, queries: int, split: str = ""
 ) -> None:
-    """Raise a :class:`MnemetaError` if ``data`` cannot give N-way K-shot Q-query episodes."""
+    """Raise a :class:`ConfigError` for impossible sizes and a :class:`DataError` if ``data`` has
+    too few classes or examples for N-way K-shot Q-query episodes."""
     where = f"split {split!r}" if split else "this split"
     if ways < 1 or shots < 1 or queries < 0:
-        raise MnemetaError(
+        raise ConfigError(
             f"episodes need ways >= 1, shots >= 1 and queries >= 0; got ways={ways}, "
             f"shots={shots}, queries={queries}"
         )
     if ways > data.n_classes:
-        raise MnemetaError(
+        raise DataError(
             f"{ways}-way episodes need {ways} classes but {where} has only {data.n_classes}; "
             "lower the ways or use a larger split"
         )
     if shots + queries > data.min_count:
-        raise MnemetaError(
+        raise DataError(
             f"shots + queries = {shots} + {queries} = {shots + queries} but some classes of "
             f"{where} have "
             f"only {data.min_count} examples; lower shots or queries to at most "

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from mnemeta.data.classes import ClassImages
 from mnemeta.data.sampler import draw_classes
-from mnemeta.errors import MnemetaError
+from mnemeta.errors import ConfigError, DataError
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class CopyBatch:
 def copy_batch(batch: int, length: int, bits: int = 8, *, generator: torch.Generator) -> CopyBatch:
     """The copy task of Graves et al. (2014, §4.1) for one sequence length."""
     if length < 1 or bits < 1:
-        raise MnemetaError(f"copy task needs length >= 1 and bits >= 1; got {length}, {bits}")
+        raise ConfigError(f"copy task needs length >= 1 and bits >= 1; got {length}, {bits}")
     vectors = torch.randint(0, 2, (batch, length, bits), generator=generator).float()
     inputs = torch.zeros(batch, 2 * length + 1, bits + 1)
     inputs[:, :length, :bits] = vectors
@@ -48,7 +48,7 @@ class CopySampler:
 
     def __init__(self, *, bits: int = 8, min_length: int = 1, max_length: int = 20, seed: int = 0):
         if not 1 <= min_length <= max_length:
-            raise MnemetaError(
+            raise ConfigError(
                 f"copy task lengths must satisfy 1 <= min_length <= max_length; got "
                 f"{min_length}..{max_length}"
             )
@@ -103,13 +103,18 @@ class OneShotSequenceSampler:
         seed: int = 0,
         device: torch.device | str = "cpu",
     ) -> None:
+        if classes < 1 or instances < 1:
+            raise ConfigError(
+                f"episodes need classes >= 1 and instances >= 1; got classes={classes}, "
+                f"instances={instances}"
+            )
         if classes > data.n_classes:
-            raise MnemetaError(
+            raise DataError(
                 f"episodes of {classes} classes need at least {classes} classes; the split has "
                 f"{data.n_classes}"
             )
         if instances > data.min_count:
-            raise MnemetaError(
+            raise DataError(
                 f"{instances} instances per class asked for, but some class has only "
                 f"{data.min_count} images; lower sequence.instances"
             )

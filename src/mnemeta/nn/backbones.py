@@ -17,7 +17,7 @@ from itertools import pairwise
 import torch
 from torch import Tensor, nn
 
-from mnemeta.errors import MnemetaError
+from mnemeta.errors import ConfigError
 from mnemeta.nn.batchnorm import BatchNorm
 from mnemeta.nn.vmap import under_vmap
 from mnemeta.registry import BACKBONES, BackboneSpec
@@ -33,19 +33,19 @@ def pooled_size(
     pool makes that pool fail at run time, so such a shape is refused here instead.
     """
     if len(input_shape) != 3:
-        raise MnemetaError(
+        raise ConfigError(
             f"{backbone} takes images (C, H, W); got input_shape {tuple(input_shape)}; pass "
             "the shape of one image without the batch dimension, e.g. (1, 28, 28)"
         )
     c, h, w = input_shape
     if c != in_channels:
-        raise MnemetaError(
+        raise ConfigError(
             f"{backbone} was built for {in_channels} input channel(s) but input_shape "
             f"{tuple(input_shape)} has {c}; build it with in_channels={c}"
         )
     side = 2**halvings
     if h < side or w < side:
-        raise MnemetaError(
+        raise ConfigError(
             f"{backbone} halves the image {halvings} times, so H and W must be at least {side}; "
             f"got {h}x{w}; use larger images or a shallower backbone"
         )
@@ -163,7 +163,7 @@ class MLP(nn.Module):
         assert isinstance(first, nn.Linear) and isinstance(last, nn.Linear)
         n = math.prod(input_shape)
         if n != first.in_features:
-            raise MnemetaError(
+            raise ConfigError(
                 f"MLP was built for {first.in_features} input features but input_shape "
                 f"{tuple(input_shape)} has {n}; build it with in_features={n}"
             )

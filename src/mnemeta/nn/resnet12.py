@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from mnemeta.errors import MnemetaError
+from mnemeta.errors import ConfigError
 from mnemeta.nn.backbones import pooled_size
 from mnemeta.nn.batchnorm import BatchNorm
 from mnemeta.nn.vmap import under_vmap
@@ -60,9 +60,9 @@ class DropBlock(nn.Module):
     def __init__(self, drop_rate: float = 0.0, block_size: int = 5) -> None:
         super().__init__()
         if not 0.0 <= drop_rate < 1.0:
-            raise MnemetaError(f"DropBlock drop_rate must be in [0, 1); got {drop_rate}")
+            raise ConfigError(f"DropBlock drop_rate must be in [0, 1); got {drop_rate}")
         if block_size < 1:
-            raise MnemetaError(f"DropBlock block_size must be at least 1; got {block_size}")
+            raise ConfigError(f"DropBlock block_size must be at least 1; got {block_size}")
         self.drop_rate, self.block_size = drop_rate, block_size
 
     def forward(self, x: Tensor) -> Tensor:
@@ -180,7 +180,7 @@ class ResNet12(nn.Module):
     ) -> None:
         super().__init__()
         if not channels or min(channels) < 1:
-            raise MnemetaError(
+            raise ConfigError(
                 f"ResNet12 channels must be one positive width per block; got {tuple(channels)}"
             )
         self.in_channels, self.channels = in_channels, tuple(channels)

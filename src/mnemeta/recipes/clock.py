@@ -13,7 +13,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from mnemeta.errors import MnemetaError
+from mnemeta.errors import CheckpointError, ConfigError
 
 
 class TrainingClock:
@@ -21,7 +21,7 @@ class TrainingClock:
 
     def __init__(self, max_minutes: float, trained_before: float = 0.0) -> None:
         if max_minutes < 0:
-            raise MnemetaError(
+            raise ConfigError(
                 f"train.max_minutes={max_minutes:g} is negative; give the minutes of training "
                 "to stop after, or 0 for no limit"
             )
@@ -54,7 +54,7 @@ class TrainingClock:
     def check_resumable(self, path: str) -> None:
         """Refuse to resume a run that has spent its budget (it would stop after one step)."""
         if self.max_minutes and self.trained_before >= 60 * self.max_minutes:
-            raise MnemetaError(
+            raise CheckpointError(
                 f"{path} has already trained {self.trained_before / 60:.1f} min, the run's "
                 f"train.max_minutes={self.max_minutes:g}; raise it with --set to train further"
             )

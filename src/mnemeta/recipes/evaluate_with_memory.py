@@ -17,7 +17,7 @@ from mnemeta.algorithms.maml import MAML
 from mnemeta.algorithms.protocol import accuracy
 from mnemeta.algorithms.task_embedding import embedding_size
 from mnemeta.algorithms.task_memory_adapt import WARM_STARTS, MemoryAugmentedAdaptation
-from mnemeta.errors import MnemetaError
+from mnemeta.errors import ConfigError
 from mnemeta.io import atomic_write_text
 from mnemeta.recipes.evaluate import EvalResult
 from mnemeta.recipes.evaluate_checkpoint import load_for_evaluation
@@ -47,7 +47,7 @@ def evaluate_with_memory(
     from mnemeta.store import TaskMemory
 
     if warm_start not in WARM_STARTS:
-        raise MnemetaError(f"warm_start={warm_start!r} is unknown; choose weighted or nearest")
+        raise ConfigError(f"warm_start={warm_start!r} is unknown; choose weighted or nearest")
     loaded = load_for_evaluation(
         path,
         episodes=episodes,
@@ -61,14 +61,14 @@ def evaluate_with_memory(
     config, learner, sampler = loaded.config, loaded.learner, loaded.sampler
     ec = config.eval
     if not isinstance(learner, MAML):
-        raise MnemetaError(
+        raise ConfigError(
             f"--memory adapts the weights of MAML-family learners (maml, fomaml, metasgd, "
             f"anil); this checkpoint is {config.model.algorithm}"
         )
     learner.eval()
     encoder = getattr(learner.model, "encoder", None)
     if not callable(getattr(encoder, "out_features", None)):
-        raise MnemetaError("--memory needs a model with an encoder (the task embedding's features)")
+        raise ConfigError("--memory needs a model with an encoder (the task embedding's features)")
     features = int(encoder.out_features(sampler.data.image_shape))  # type: ignore[union-attr]
     memory = TaskMemory(memory_path, dim=embedding_size(features), index="flat")
     try:

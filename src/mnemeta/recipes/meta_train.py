@@ -24,7 +24,7 @@ from mnemeta.checkpoint import (
 )
 from mnemeta.config import Config
 from mnemeta.data.sampler import EpisodeSampler
-from mnemeta.errors import MnemetaError
+from mnemeta.errors import ConfigError
 from mnemeta.io import atomic_write_text
 from mnemeta.recipes.build import (
     build_learner,
@@ -252,7 +252,7 @@ def build_optimizer(config: Config, params: Iterator[torch.nn.Parameter]) -> tor
     if tc.optimizer == "rmsprop":
         # Graves (2014) and Santoro et al. (2016): RMSProp with momentum 0.9, decay 0.95.
         return torch.optim.RMSprop(params, lr=tc.lr, alpha=0.95, momentum=0.9)
-    raise MnemetaError(f"train.optimizer={tc.optimizer!r} is unknown; choose adam, sgd or rmsprop")
+    raise ConfigError(f"train.optimizer={tc.optimizer!r} is unknown; choose adam, sgd or rmsprop")
 
 
 def build_schedule(config: Config, optimizer: torch.optim.Optimizer) -> LRScheduler:
@@ -264,4 +264,4 @@ def build_schedule(config: Config, optimizer: torch.optim.Optimizer) -> LRSchedu
     if tc.lr_schedule == "linear":
         steps = max(tc.steps, 1)
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1.0 - s / steps))
-    raise MnemetaError(f"train.lr_schedule={tc.lr_schedule!r} is unknown; choose step or linear")
+    raise ConfigError(f"train.lr_schedule={tc.lr_schedule!r} is unknown; choose step or linear")

@@ -35,6 +35,7 @@ from typing import Any, BinaryIO
 import faiss
 import numpy as np
 
+from mnemeta.errors import ConfigError
 from mnemeta.io import atomic_write_bytes
 
 KINDS = ("flat", "hnsw", "ivf")
@@ -88,7 +89,7 @@ class VectorIndex:
         trained_n: int = 0,
     ) -> None:
         if kind not in KINDS:
-            raise ValueError(f"unknown index kind {kind!r}; choose one of {', '.join(KINDS)}")
+            raise ConfigError(f"unknown index kind {kind!r}; choose one of {', '.join(KINDS)}")
         self.kind = kind
         self.dim = dim
         self.max_id = max_id

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mnemeta.errors import MnemetaError
+from mnemeta.errors import StoreError
 from mnemeta.io import fsync_dir, fsync_file
 from mnemeta.store.index_cache import IndexCache
 from mnemeta.store.records import Records
@@ -37,7 +37,7 @@ def export(records: Records, cache: IndexCache, dest: str | os.PathLike[str]) ->
     """
     out = Path(dest)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise MnemetaError(f"{out} exists and is not empty; export into a new folder")
+        raise StoreError(f"{out} exists and is not empty; export into a new folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.export-{secrets.token_hex(4)}.tmp"
     tmp.mkdir()

@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import load as tensors_from_safetensors_bytes
 from torch import Tensor
 
-from mnemeta.errors import MnemetaError
+from mnemeta.errors import ConfigError, DataError, StoreError
 from mnemeta.io import fsync_dir
 from mnemeta.store.schema import DB, TENSORS, retry_busy
 
@@ -65,7 +65,7 @@ class TaskRecord:
     params: dict[str, Tensor]
 
 
-class RecordNotFound(MnemetaError, KeyError):
+class RecordNotFound(StoreError, KeyError):
     """No record with this id (a :class:`KeyError` too, for ``except KeyError``)."""
 
     def __str__(self) -> str:  # KeyError would quote the message
@@ -119,7 +119,7 @@ class Records:
         ids, blobs = self.retry(read, "reading embeddings")
         data = b"".join(blobs)
         if len(data) != 4 * self.dim * len(ids):
-            raise MnemetaError(
+            raise StoreError(
                 f"{self.db} holds embeddings whose size is not dim {self.dim}: the store is "
                 "damaged; restore it from a copy made by `mnemeta memory export`"
             )
@@ -290,7 +290,7 @@ class Records:
         if rel is None:
             return {}
         if not _PARAMS_NAME.match(rel):
-            raise MnemetaError(
+            raise StoreError(
                 f"record {rid} in {self.db} names an invalid tensor file {rel!r}: the store "
                 "is damaged; restore it from a copy made by `mnemeta memory export`"
             )
@@ -300,7 +300,7 @@ class Records:
             # safetensors parses a header and raw tensor bytes: no pickle, no code.
             return tensors_from_safetensors_bytes(data)
         except Exception as e:  # missing file, or safetensors' own error for damaged bytes
-            raise MnemetaError(
+            raise StoreError(
                 f"the parameters of record {rid} ({path}) are missing or damaged "
                 f"({type(e).__name__}: {e}); restore the store from a copy made by "
                 "`mnemeta memory export`"
@@ -324,12 +324,12 @@ class Records:
     def matrix(self, x: Any, what: str) -> np.ndarray:
         """``x`` as float32 ``(N, D)`` numpy, after checking shape, finiteness and norm."""
         if not isinstance(x, Tensor) or x.ndim != 2 or x.shape[1] != self.dim:
-            raise MnemetaError(self.shape_error(what, x, f"(N, {self.dim})"))
+            raise StoreError(self.shape_error(what, x, f"(N, {self.dim})"))
         arr = x.detach().to(device="cpu", dtype=torch.float32).contiguous().numpy()
         if not np.isfinite(arr).all():
-            raise MnemetaError(f"{what} holds NaN or infinite values; pass finite embeddings")
+            raise DataError(f"{what} holds NaN or infinite values; pass finite embeddings")
         if (np.abs(arr).max(axis=1) == 0).any():
-            raise MnemetaError(
+            raise DataError(
                 f"{what} holds an all-zero vector, which has no direction (cosine similarity is "
                 "undefined); pass non-zero embeddings"
             )
@@ -342,7 +342,7 @@ def _per_row(values: Sequence[Any] | None, n: int, name: str) -> list[Any]:
         return [None] * n
     if isinstance(values, dict) or len(values) != n:
         got = "a dict" if isinstance(values, dict) else f"{len(values)} entries"
-        raise MnemetaError(f"{name} must be a list with one entry per embedding ({n}); got {got}")
+        raise ConfigError(f"{name} must be a list with one entry per embedding ({n}); got {got}")
     return list(values)
 
 
@@ -350,26 +350,26 @@ def _info_json(info: Any) -> str:
     if info is None:
         return "{}"
     if not isinstance(info, dict):
-        raise MnemetaError(f"info must be a dict of JSON values, got {type(info).__name__}")
+        raise ConfigError(f"info must be a dict of JSON values, got {type(info).__name__}")
     try:
         return json.dumps(info, ensure_ascii=False)
     except (TypeError, ValueError) as e:
-        raise MnemetaError(f"info is not JSON-serialisable ({e}); pass plain values") from None
+        raise ConfigError(f"info is not JSON-serialisable ({e}); pass plain values") from None
 
 
 def _metrics_json(metrics: Any) -> str:
     if metrics is None:
         return "{}"
     if not isinstance(metrics, dict):
-        raise MnemetaError(f"metrics must be a dict of str -> float, got {type(metrics).__name__}")
+        raise ConfigError(f"metrics must be a dict of str -> float, got {type(metrics).__name__}")
     out: dict[str, float] = {}
     for key, value in metrics.items():
         if not isinstance(key, str) or isinstance(value, bool):
-            raise MnemetaError(f"metrics must map str to numbers; got {key!r}: {value!r}")
+            raise ConfigError(f"metrics must map str to numbers; got {key!r}: {value!r}")
         try:
             out[key] = float(value)
         except (TypeError, ValueError):
-            raise MnemetaError(f"metrics must map str to numbers; got {key!r}: {value!r}") from None
+            raise ConfigError(f"metrics must map str to numbers; got {key!r}: {value!r}") from None
     # NaN and infinities (a diverged loss) are kept: Python's json round-trips them.
     return json.dumps(out)
 
@@ -380,10 +380,10 @@ def _params_bytes(params: Any) -> bytes | None:
     if not isinstance(params, dict) or not all(
         isinstance(k, str) and isinstance(v, Tensor) for k, v in params.items()
     ):
-        raise MnemetaError("params must be a dict of str -> torch.Tensor (or None)")
+        raise ConfigError("params must be a dict of str -> torch.Tensor (or None)")
     # clone(): safetensors refuses tensors that share memory (e.g. views of one flat buffer).
     cpu = {k: v.detach().to("cpu").contiguous().clone() for k, v in params.items()}
     try:
         return safetensors.torch.save(cpu, metadata={"format": "mnemeta-task-params"})
     except Exception as e:  # safetensors' error type for unsupported tensors (sparse, ...)
-        raise MnemetaError(f"params cannot be stored as safetensors ({e})") from None
+        raise ConfigError(f"params cannot be stored as safetensors ({e})") from None

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mnemeta.errors import MnemetaError
+from mnemeta.errors import StoreError
 from mnemeta.io import atomic_write_text
 
 FORMAT = "mnemeta-task-memory"
@@ -88,7 +88,7 @@ def retry_busy(fn: Callable[[], T], *, path: Path, what: str) -> T:
             if not is_busy(e):
                 raise
             if time.monotonic() - start > BUSY_DEADLINE_S:
-                raise MnemetaError(
+                raise StoreError(
                     f"{path} stayed locked for {BUSY_DEADLINE_S:.0f} s while {what} ({e}); "
                     "another process holds a long write transaction: wait for it, or stop it"
                 ) from None
@@ -113,15 +113,15 @@ def connect(db: Path, *, read_only: bool, create: bool) -> sqlite3.Connection:
             check_same_thread=False,  # TaskMemory serialises its own calls with a lock
         )
     except sqlite3.OperationalError as e:
-        raise MnemetaError(
+        raise StoreError(
             f"cannot open {db} ({e}); the task memory is damaged or unreadable: restore it "
             "from a copy made by `mnemeta memory export`, or check its permissions"
         ) from None
     return conn
 
 
-def not_a_store(db: Path, reason: str) -> MnemetaError:
-    return MnemetaError(
+def not_a_store(db: Path, reason: str) -> StoreError:
+    return StoreError(
         f"{db} is not a mnemeta task memory ({reason}); nothing was changed. Restore the folder "
         "from a copy made by `mnemeta memory export`, or pass the path of another folder"
     )
@@ -141,7 +141,7 @@ def read_meta(conn: sqlite3.Connection, db: Path) -> dict[str, str]:
     if meta.get("format") != FORMAT:
         raise not_a_store(db, "its meta table names no mnemeta task memory format")
     if meta.get("version") != str(VERSION):
-        raise MnemetaError(
+        raise StoreError(
             f"{db} has task memory format version {meta.get('version')}, this mnemeta reads "
             f"version {VERSION}; open it with the mnemeta that wrote it"
         )
@@ -152,17 +152,17 @@ def read_marker(path: Path) -> dict[str, Any]:
     try:
         marker = json.loads(path.read_text())
     except (OSError, ValueError, UnicodeDecodeError) as e:
-        raise MnemetaError(
+        raise StoreError(
             f"{path} is damaged ({type(e).__name__}: {e}); nothing was changed. Restore the "
             "folder from a copy made by `mnemeta memory export`"
         ) from None
     if not isinstance(marker, dict) or marker.get("format") != FORMAT:
-        raise MnemetaError(
+        raise StoreError(
             f"{path} is not a mnemeta task memory marker; nothing was changed. Pass the folder "
             "of a task memory, or a new folder to create one"
         )
     if marker.get("version") != VERSION:
-        raise MnemetaError(
+        raise StoreError(
             f"{path.parent} has task memory format version {marker.get('version')}, this "
             f"mnemeta reads version {VERSION}; open it with the mnemeta that wrote it"
         )

@@ -52,7 +52,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from torch import Tensor
 
-from mnemeta.errors import MnemetaError
+from mnemeta.errors import ConfigError, StoreError
 from mnemeta.store import maintenance
 from mnemeta.store.index import KINDS
 from mnemeta.store.index_cache import IndexCache
@@ -86,7 +86,7 @@ def _locked(method: Callable[P, R]) -> Callable[P, R]:
         assert isinstance(self, TaskMemory)
         with self._lock:
             if self._conn is None:
-                raise MnemetaError(f"the task memory at {self.path} is closed; open it again")
+                raise StoreError(f"the task memory at {self.path} is closed; open it again")
             return method(*args, **kwargs)
 
     return wrapper
@@ -121,12 +121,12 @@ class TaskMemory:
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         if index is not None and index not in KINDS:
-            raise MnemetaError(
+            raise ConfigError(
                 f"index={index!r} is unknown; choose one of {', '.join(KINDS)} "
                 "(flat: exact; hnsw or ivf: approximate, for large stores)"
             )
         if dim is not None and (not isinstance(dim, int) or dim < 1):
-            raise MnemetaError(f"dim={dim!r} must be a positive integer (the embedding size)")
+            raise ConfigError(f"dim={dim!r} must be a positive integer (the embedding size)")
         conn, meta = self._open_or_create(dim, index, create)
         self._conn = conn
         self.dim = int(meta["dim"])
@@ -135,13 +135,13 @@ class TaskMemory:
         self.created = meta["created"]
         if dim is not None and dim != self.dim:
             self.close()
-            raise MnemetaError(
+            raise StoreError(
                 f"{self.path} holds embeddings of dim {self.dim}, not {dim}; pass dim={self.dim} "
                 "(or None), or use another folder for this embedding size"
             )
         if index is not None and index != self.kind:
             self.close()
-            raise MnemetaError(
+            raise StoreError(
                 f"{self.path} was created with index={self.kind!r}, not {index!r}; open it with "
                 f"index={self.kind!r} or index=None"
             )
@@ -167,7 +167,7 @@ class TaskMemory:
         p = self.path
         if p.exists() and not p.is_dir():
             hint = f" (its folder {p.parent} may be the store)" if p.name == DB else ""
-            raise MnemetaError(
+            raise StoreError(
                 f"{p} is a file, not a task memory folder{hint}; nothing was changed. Pass the "
                 f"folder that holds {MARKER}, or a new folder to create one"
             )
@@ -176,7 +176,7 @@ class TaskMemory:
             marker = read_marker(marker_path)
             db = p / DB
             if not db.is_file():
-                raise MnemetaError(
+                raise StoreError(
                     f"{p} has a task memory marker but no {DB}: the store is damaged; restore "
                     "it from a copy made by `mnemeta memory export`"
                 )
@@ -186,7 +186,7 @@ class TaskMemory:
                 if int(meta["dim"]) != marker.get("dim") or meta["store_id"] != marker.get(
                     "store_id"
                 ):
-                    raise MnemetaError(
+                    raise StoreError(
                         f"{marker_path} and {db} describe different stores (dim or store id); "
                         "nothing was changed. Restore the folder from a copy made by "
                         "`mnemeta memory export`"
@@ -200,19 +200,19 @@ class TaskMemory:
                 raise
         else:
             if p.exists() and not may_create_in(p):
-                raise MnemetaError(
+                raise StoreError(
                     f"{p} is not a mnemeta task memory (no {MARKER}) and is not empty; nothing "
                     "was changed. Pass an empty or new folder to create one, or the folder of "
                     "an existing task memory"
                 )
             if self.read_only or not create:
                 why = "read_only=True" if self.read_only else "create=False"
-                raise MnemetaError(
+                raise StoreError(
                     f"no task memory at {p} ({why} does not create one); pass the folder of an "
                     "existing task memory, or open with create=True and dim=D to create it"
                 )
             if dim is None:
-                raise MnemetaError(
+                raise ConfigError(
                     f"creating a task memory at {p} needs the embedding size: pass dim=D"
                 )
             p.mkdir(parents=True, exist_ok=True)
@@ -248,7 +248,7 @@ class TaskMemory:
     ) -> int:
         """Store one task; returns its id. ``embedding``: ``(D,)``."""
         if not isinstance(embedding, Tensor) or tuple(embedding.shape) != (self.dim,):
-            raise MnemetaError(self._records.shape_error("embedding", embedding, f"({self.dim},)"))
+            raise StoreError(self._records.shape_error("embedding", embedding, f"({self.dim},)"))
         return self.add_many(embedding[None], [params], [info], [metrics])[0]
 
     @_locked
@@ -265,7 +265,7 @@ class TaskMemory:
         row (each entry may be ``None``).
         """
         if self.read_only:
-            raise MnemetaError(
+            raise StoreError(
                 f"the task memory at {self.path} was opened read_only; open it with "
                 "read_only=False to add"
             )
@@ -278,14 +278,14 @@ class TaskMemory:
     def search(self, query: Tensor, k: int = 5) -> list[Hit]:
         """The ``k`` stored tasks most similar to ``query`` ``(D,)``, best first."""
         if not isinstance(query, Tensor) or tuple(query.shape) != (self.dim,):
-            raise MnemetaError(self._records.shape_error("query", query, f"({self.dim},)"))
+            raise StoreError(self._records.shape_error("query", query, f"({self.dim},)"))
         return self.search_many(query[None], k)[0]
 
     @_locked
     def search_many(self, queries: Tensor, k: int = 5) -> list[list[Hit]]:
         """For each row of ``queries`` ``(Q, D)``, the ``k`` most similar tasks, best first."""
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-            raise MnemetaError(f"k={k!r} must be a positive integer")
+            raise ConfigError(f"k={k!r} must be a positive integer")
         qs = self._records.matrix(queries, "queries")
         cache = self._cache
         cache.catch_up()
@@ -311,7 +311,7 @@ class TaskMemory:
         for name, value in (("ef_search", ef_search), ("nprobe", nprobe)):
             if value is not None:
                 if not isinstance(value, int) or value < 1:
-                    raise MnemetaError(f"{name}={value!r} must be a positive integer")
+                    raise ConfigError(f"{name}={value!r} must be a positive integer")
                 self._cache.search_config[name] = value
         with self._lock:
             self._cache.index.configure(**self._cache.search_config)
@@ -383,9 +383,7 @@ class TaskMemory:
         cells for the current size; for HNSW it costs as much as adding every record again.
         """
         if self.read_only:
-            raise MnemetaError(
-                f"the task memory at {self.path} was opened read_only; cannot compact"
-            )
+            raise StoreError(f"the task memory at {self.path} was opened read_only; cannot compact")
         return maintenance.compact(self._records, self._cache)
 
     def close(self) -> None:
