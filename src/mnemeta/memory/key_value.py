@@ -21,6 +21,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from mnemeta.errors import ConfigError, DataError
 from mnemeta.memory.addressing import cosine_similarity
 
 
@@ -45,7 +46,7 @@ def init_state(
 ) -> KeyValueState:
     """An empty memory of ``capacity`` rows for each of ``batch`` episodes."""
     if capacity < 1:
-        raise ValueError(f"a key-value memory needs capacity >= 1; got {capacity}")
+        raise ConfigError(f"a key-value memory needs capacity >= 1; got {capacity}")
     return KeyValueState(
         keys=torch.zeros(batch, capacity, key_dim, device=device, dtype=dtype),
         values=torch.zeros(batch, capacity, value_dim, device=device, dtype=dtype),
@@ -61,7 +62,7 @@ def write(state: KeyValueState, keys: Tensor, values: Tensor) -> KeyValueState:
     are kept, as if written one at a time.
     """
     if keys.shape[:2] != values.shape[:2]:
-        raise ValueError(
+        raise DataError(
             f"keys {tuple(keys.shape)} and values {tuple(values.shape)} disagree on (B, n)"
         )
     capacity = state.keys.shape[1]
