@@ -109,7 +109,9 @@ PACKAGES: dict[str, Package] = {
 # mutmut exit codes (mutmut.stats.status_by_exit_code) folded into the columns we report.
 KILLED = {1: "killed", 3: "killed"}
 TIMEOUT = {36, -24, 24, 152, 255}
-CRASHED = {-11, -9}
+# A test process killed by a signal (segfault, SIGKILL after the CPU limit, or FAISS's abort()
+# on an argument it refuses) is a mutant the tests did not survive.
+CRASHED = {-11, -9, -6, -7, -8, -4}
 SURVIVED = {0}
 NO_TESTS = {5, 33}
 
