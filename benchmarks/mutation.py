@@ -155,6 +155,13 @@ def git(*args: str) -> str:
     return out.stdout.strip()
 
 
+def tested_trees(commit_hash: str) -> dict[str, str]:
+    """Git tree ids of src/ and tests/ at a recorded commit: equal ids mean the same code was
+    measured, whatever else (benchmarks/, this script) changed between two packages' runs."""
+    head = commit_hash.split()[0]
+    return {d: git("rev-parse", f"{head}:{d}") for d in ("src", "tests")}
+
+
 def commit() -> str:
     head = git("rev-parse", "HEAD")
     dirty = git("status", "--porcelain", "--", "src", "tests")
@@ -445,6 +452,14 @@ def render_markdown(record: dict[str, Any]) -> str:
         "Commands (each package's own, with its machine, are in the JSON):",
         "",
     ]
+    trees = {json.dumps(p.get("trees"), sort_keys=True) for p in packages.values()}
+    if len(trees) == 1 and None not in (p.get("trees") for p in packages.values()):
+        t = next(iter(packages.values()))["trees"]
+        out[-2:-2] = [
+            f"All packages were measured on the same code: src/ tree {t['src'][:10]} and tests/ "
+            f"tree {t['tests'][:10]} (the commits differ only outside src/ and tests/).",
+            "",
+        ]
     for name in PACKAGES:
         p = packages.get(name)
         if p:
@@ -459,6 +474,17 @@ def render_markdown(record: dict[str, Any]) -> str:
             detected = c["killed"] + c["timeout"] + c["crashed"]
             total = sum(c.values())
             out.append(f"| `{file}` | {total} | {detected} | {total - detected} |")
+        wanted: dict[str, int] = {}
+        for surv in p["surviving"]:
+            if surv["verdict"] == "needs a test":
+                found = re.search(r"\btest_\w+", surv["why"])
+                test = found.group(0) if found else "(a test that matches the error message)"
+                wanted[test] = wanted.get(test, 0) + 1
+        if wanted:
+            out += ["", f"## {name}: the tests that would kill the survivors", ""]
+            out += ["| test (described with each mutant below) | survivors it kills |", "|---|---|"]
+            for test, count in sorted(wanted.items(), key=lambda kv: (-kv[1], kv[0])):
+                out.append(f"| `{test}` | {count} |")
         out += ["", f"## {name}: surviving mutants", ""]
         if not p["surviving"]:
             out.append("None.")
@@ -535,6 +561,7 @@ def main() -> None:
             result = collect(folder, name, package)
             result.update({k: previous[k] for k in ("command", "machine", "date", "commit")})
             result.update({k: previous[k] for k in ("minutes", "mutmut_exit", "jobs")})
+            result["trees"] = tested_trees(previous["commit"])
         else:
             folder = prepare(name, package, args.resume)
             log = folder / "mutmut.log"
@@ -553,6 +580,7 @@ def main() -> None:
                 mutmut_exit=rc,
                 jobs=args.jobs,
             )
+            result["trees"] = tested_trees(result["commit"])
             if rc != 0:
                 print(f"{name}: mutmut exited {rc}; see {log}", flush=True)
         record["packages"][name] = result
