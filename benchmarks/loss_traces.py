@@ -131,6 +131,18 @@ def compare(before_path: str, after_path: str) -> int:
     return 0 if identical == len(names) else 1
 
 
+def merge(paths: list[str], out: str) -> int:
+    """One file of the runs of several (each keeps the command, commit and date it ran with)."""
+    runs: dict[str, Any] = {}
+    for path in paths:
+        part = json.loads(Path(path).read_text())
+        for name, run in part["runs"].items():
+            keep = ("command", "commit", "date", "machine", "torch")
+            runs[name] = {**run, **{k: part[k] for k in keep}}
+    Path(out).write_text(json.dumps({**header(), "runs": runs}, indent=1) + "\n")
+    return 0
+
+
 def _first_difference(a: dict[str, Any], b: dict[str, Any]) -> str:
     for i, (ra, rb) in enumerate(zip(a["trace"], b["trace"], strict=False)):
         if ra != rb:
@@ -150,9 +162,14 @@ def main() -> int:
     parser.add_argument("--python", default=sys.executable, help="the Python with mnemeta")
     parser.add_argument("--out", help="write the traces here (JSON)")
     parser.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"))
+    parser.add_argument(
+        "--merge", nargs="+", metavar="TRACES", help="join trace files (one preset each) into --out"
+    )
     args = parser.parse_args()
     if args.compare:
         return compare(*args.compare)
+    if args.merge:
+        return merge(args.merge, args.out)
     if not args.data or not args.out:
         parser.error("--data and --out are needed to record traces")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
