@@ -18,7 +18,9 @@ from mnemeta.algorithms.inner_optim import (
     apply_updates,
     chain,
     memory_pull,
+    momentum,
     sgd,
+    weight_decay,
 )
 from mnemeta.errors import MnemetaError
 
@@ -168,9 +170,87 @@ def test_chained_terms_round_as_the_one_line_formula() -> None:
     assert not torch.equal(folded, literal)
 
 
+# ---- momentum and weight decay ----
+def test_momentum_two_steps_by_hand() -> None:
+    # θ₀ = 1, α = 0.1, μ = 0.9, τ = 0.9, λ = 0.5; gradients 2 then −1 (given, not computed).
+    # t = 1: d = 2 + 0.5·1 = 2.5, b = d = 2.5 (undamped), θ = 1 − 0.1·2.5 = 0.75.
+    # t = 2: d = −1 + 0.5·0.75 = −0.625, b = 0.9·2.5 + 0.1·(−0.625) = 2.1875,
+    #        θ = 0.75 − 0.1·2.1875 = 0.53125.
+    # A first step damped like the later ones (b = 0.1·2.5) would give θ₁ = 0.975.
+    opt = momentum(0.1, 0.9, dampening=0.9, weight_decay=0.5)
+    params = {"w": _t(1.0)}
+    state = opt.init(params)
+    params, state = _step(opt, {"w": _t(2.0)}, state, params)
+    _close(params["w"], _t(0.75))
+    _close(state.velocity["w"], _t(2.5))
+    params, state = _step(opt, {"w": _t(-1.0)}, state, params)
+    _close(state.velocity["w"], _t(2.1875))
+    _close(params["w"], _t(0.53125))
+    assert float(state.steps) == 2.0
+
+
+def test_momentum_without_dampening_or_decay_is_the_heavy_ball() -> None:
+    # b₁ = g₁ = 1, b₂ = 0.5·1 + 3 = 3.5, b₃ = 0.5·3.5 + (−2) = −0.25; θ₃ = −0.1·(1 + 3.5 − 0.25).
+    opt = momentum(0.1, 0.5)
+    params = {"w": _t(0.0)}
+    state = opt.init(params)
+    for g in (1.0, 3.0, -2.0):
+        params, state = _step(opt, {"w": _t(g)}, state, params)
+    _close(state.velocity["w"], _t(-0.25))
+    _close(params["w"], _t(-0.425))
+
+
+def test_momentum_follows_torch_optim_sgd() -> None:
+    # A separately written reference: torch.optim.SGD with Chen et al.'s fine-tuning settings,
+    # ten steps on a quadratic ½ θᵀAθ − cᵀθ (float64; the same maths, rounded alike to ~1e-16).
+    g = torch.Generator().manual_seed(3)
+    m = torch.randn(4, 4, generator=g, dtype=F64)
+    a, c = m @ m.T + torch.eye(4, dtype=F64), torch.randn(4, generator=g, dtype=F64)
+    theta0 = torch.randn(4, generator=g, dtype=F64)
+    settings = {"lr": 0.05, "momentum": 0.9, "dampening": 0.9, "weight_decay": 0.001}
+
+    reference = theta0.clone().requires_grad_()
+    sgd_torch = torch.optim.SGD([reference], **settings)
+    opt = momentum(0.05, 0.9, dampening=0.9, weight_decay=0.001)
+    params = {"w": theta0.clone()}
+    state = opt.init(params)
+    for _ in range(10):
+        sgd_torch.zero_grad()
+        (0.5 * reference @ a @ reference - c @ reference).backward()
+        sgd_torch.step()
+        params, state = _step(opt, {"w": a @ params["w"] - c}, state, params)
+    torch.testing.assert_close(params["w"], reference.detach(), rtol=0, atol=1e-12)
+    assert not torch.allclose(params["w"], theta0, atol=1e-2)  # it did move
+
+
+def test_weight_decay_chained_onto_sgd_is_decoupled() -> None:
+    # θ₁ = θ − α g − λ θ = 2 − 0.1·1 − 0.25·2 = 1.4: the term is taken at the same θ as g.
+    opt = chain(sgd(0.1), weight_decay(0.25))
+    params = {"w": _t(2.0), "frozen": _t(5.0)}
+    new, state = _step(opt, {"w": _t(1.0)}, opt.init(params), params)
+    _close(new["w"], _t(1.4))
+    _close(new["frozen"], _t(5.0))  # no gradient given: not adapted, so not decayed
+    assert state == ((), ())
+    # Coupled into momentum, the decay is remembered: two steps of momentum(…, λ) differ from
+    # momentum then a decoupled term (checked so that the two cannot be confused).
+    coupled = momentum(0.1, 0.9, weight_decay=0.25)
+    decoupled = chain(momentum(0.1, 0.9), weight_decay(0.1 * 0.25))
+    results = []
+    for o in (coupled, decoupled):
+        p, s = {"w": _t(2.0)}, o.init({"w": _t(2.0)})
+        for _ in range(2):
+            p, s = _step(o, {"w": _t(1.0)}, s, p)
+        results.append(float(p["w"]))
+    # coupled: d₁ = 1.5, θ₁ = 1.85; d₂ = 1 + 0.4625, b₂ = 0.9·1.5 + 1.4625, θ₂ = 1.85 − 0.28125
+    assert results[0] == pytest.approx(1.56875, abs=1e-12)
+    # decoupled: θ₁ = 2 − 0.1 − 0.05 = 1.85; b₂ = 1.9, θ₂ = 1.85 − 0.19 − 0.025·1.85
+    assert results[1] == pytest.approx(1.613750, abs=1e-12)
+
+
 # ---- purity: vmap, grad, compile ----
 def _three_steps(theta: Tensor, target: Tensor, anchor: Tensor, lr: Tensor) -> Tensor:
-    """Three steps of SGD (learned α) + pull, then Adam + pull, on ½‖θ − target‖²."""
+    """Three steps of SGD (learned α) + pull, then Adam + pull, then momentum (coupled decay)
+    + decoupled decay, on ½‖θ − target‖²."""
 
     def loss(p: Params) -> Tensor:
         return 0.5 * (p["w"] - target).square().sum()
@@ -179,6 +259,7 @@ def _three_steps(theta: Tensor, target: Tensor, anchor: Tensor, lr: Tensor) -> T
     for opt in (
         chain(sgd({"w": lr}), memory_pull({"w": anchor}, 0.2)),
         chain(adam(0.05, 0.9), memory_pull({"w": anchor}, 0.2)),
+        chain(momentum(0.1, 0.9, dampening=0.9, weight_decay=0.01), weight_decay(0.01)),
     ):
         state = opt.init(params)
         for _ in range(3):

@@ -2,6 +2,7 @@
 itself (name, config, builder) in :data:`mnemeta.registry.LEARNERS` when its module is imported;
 importing this package imports them all."""
 
+from mnemeta.algorithms.baseline_pp import BaselinePP
 from mnemeta.algorithms.maml import MAML, Classifier, MAMLConfig
 from mnemeta.algorithms.mann import MemoryAugmentedNetwork
 from mnemeta.algorithms.matching import MatchingNet
@@ -14,6 +15,7 @@ from mnemeta.algorithms.task_memory_adapt import MemoryAugmentedAdaptation
 
 __all__ = [
     "MAML",
+    "BaselinePP",
     "Classifier",
     "MAMLConfig",
     "MatchingNet",

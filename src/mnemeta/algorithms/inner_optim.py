@@ -1,7 +1,8 @@
 """The one inner optimiser: pure ``(init, update)`` pairs over dicts of tensors, as in optax.
 
 Every inner loop in mnemeta (MAML and its family, Reptile, the Meta Memory Network's output
-layer, the sinusoid recipe's fine-tuning) is a few lines over an :class:`InnerOptimizer`::
+layer, the sinusoid recipe's fine-tuning, Baseline++'s new head) is a few lines over an
+:class:`InnerOptimizer`::
 
     opt = chain(sgd(alpha), memory_pull(anchor, beta))
     state = opt.init(params)
@@ -140,6 +141,76 @@ def adam(lr: float, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> In
             v_hat = nu[k] / correction2
             step[k] = lr * m_hat / (v_hat.sqrt() + eps)
         return (step,), AdamState(t, mu, nu)
+
+    return InnerOptimizer(init, update)
+
+
+class MomentumState(NamedTuple):
+    """The heavy-ball state. ``steps``: the steps taken so far, a float64 0-dim tensor on the
+    CPU (as Adam's); ``velocity``: the buffer b, one tensor per weight, of its shape."""
+
+    steps: Tensor
+    velocity: Params
+
+
+def momentum(
+    lr: float, beta: float, *, dampening: float = 0.0, weight_decay: float = 0.0
+) -> InnerOptimizer:
+    """SGD with momentum and L2 weight decay, the rule of ``torch.optim.SGD``. At step t::
+
+        d = g + λ θ                                   (λ: weight_decay)
+        b ← d                        at t = 1
+        b ← μ b + (1 − τ) d          at t > 1         (μ: beta, τ: dampening)
+        θ ← θ − α b
+
+    The first step takes the whole ``d``, undamped, as PyTorch does: Chen et al. (2019) fine-tune
+    Baseline++'s head with ``SGD(lr=0.01, momentum=0.9, dampening=0.9, weight_decay=0.001)``,
+    whose first step is therefore ten times a later step's share of the same gradient. The
+    decay is *coupled* (it enters the momentum), unlike :func:`weight_decay` chained on.
+
+    State: :class:`MomentumState` (the step count is a tensor so that the first step is chosen
+    without a Python branch on the state). Update: ``(α b,)``.
+    """
+
+    def init(params: Params) -> State:
+        return MomentumState(
+            torch.zeros((), dtype=torch.float64, device="cpu"),
+            {k: torch.zeros_like(w) for k, w in params.items()},
+        )
+
+    def update(grads: Params, state: State, params: Params) -> tuple[Updates, State]:
+        # later = 0 at t = 1, else 1 (a float64 tensor, exact): the buffer is then 0, so
+        # 0·b + 1·d is d exactly; afterwards μ b + (1 − τ) d.
+        later = (state.steps > 0).to(torch.float64)
+        keep = beta * later
+        take = 1 - later + (1.0 - dampening) * later
+        velocity = {}
+        for k, g in grads.items():
+            d = g + weight_decay * params[k] if weight_decay else g
+            velocity[k] = keep * state.velocity[k] + take * d
+        step = {k: lr * b for k, b in velocity.items()}
+        return (step,), MomentumState(state.steps + 1, velocity)
+
+    return InnerOptimizer(init, update)
+
+
+def weight_decay(rate: float | Tensor) -> InnerOptimizer:
+    """Decoupled weight decay, ``θ ← θ − λ θ``, chained onto a step (SGDW / AdamW, Loshchilov &
+    Hutter 2019): the descent step of ``½ λ ‖θ‖²`` taken at the θ that ``update`` receives.
+
+    ``chain(sgd(α), weight_decay(α λ))`` is plain SGD on ``L + ½ λ ‖θ‖²`` (the two terms rounded
+    one after the other). With momentum or Adam the decoupled decay is *not* their L2 penalty:
+    for ``torch.optim.SGD``'s coupled decay use ``momentum(..., weight_decay=λ)``.
+
+    State: ``()``. Update: ``(λ θ,)``.
+    """
+
+    def init(params: Params) -> State:
+        del params
+        return ()
+
+    def update(grads: Params, state: State, params: Params) -> tuple[Updates, State]:
+        return ({k: rate * params[k] for k in grads},), state
 
     return InnerOptimizer(init, update)
 
