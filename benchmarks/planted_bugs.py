@@ -188,16 +188,24 @@ def main() -> int:
     ap.add_argument("--python", default=sys.executable)
     args = ap.parse_args()
     chosen = [p for i, p in enumerate(PLANTS, 1) if not args.only or i in args.only]
+    # Each plant copies src/ and tests/ afresh: leave them alone while this runs.
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "src", "tests"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
     rows = []
     for plant in chosen:
         row = run_plant(plant, args.python)
         rows.append(row)
         print(f"{row['status']:10s} {plant.name}: {', '.join(row.get('failed', []))}", flush=True)
-    commit = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
-    ).stdout.strip()
     if args.out:
-        record = {**header(), "commit": commit, "plants": rows}
+        record = {**header(), "commit": commit, "uncommitted_changes": dirty, "plants": rows}
         args.out.write_text(json.dumps(record, indent=2) + "\n")
     return 0 if all(r["status"] == "caught" for r in rows) else 1
 
