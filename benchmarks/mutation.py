@@ -332,6 +332,7 @@ def collect(folder: Path, name: str, package: Package) -> dict[str, Any]:
     )
     files: dict[str, dict[str, int]] = {}
     survivors: list[dict[str, Any]] = []
+    matched: set[int] = set()
     metas = sorted((folder / "mutants").glob("src/**/*.py.meta"))
     old_cwd = Path.cwd()
     os.chdir(folder)
@@ -354,6 +355,8 @@ def collect(folder: Path, name: str, package: Package) -> dict[str, Any]:
                 removed, added = changed_lines(diff)
                 line = locate(source_lines, function_span(source, func, cls), removed, diff)
                 entry = judgement(equivalents, rel, function, removed, added)
+                if entry is not None:
+                    matched.add(id(entry))
                 survivors.append(
                     {
                         "mutant": key,
@@ -371,6 +374,7 @@ def collect(folder: Path, name: str, package: Package) -> dict[str, Any]:
     finally:
         os.chdir(old_cwd)
     total = sum(counts.values())
+    unmatched = unmatched_judgements(equivalents, matched, files)
     equivalent = sum(1 for s in survivors if s["verdict"] == "equivalent")
     detected = counts["killed"] + counts["timeout"] + counts["crashed"]
     # An interrupted run leaves mutants "not checked": they are left out of the score and the
@@ -387,7 +391,36 @@ def collect(folder: Path, name: str, package: Package) -> dict[str, Any]:
         "complete": counts["not checked"] == 0,
         "files": files,
         "surviving": sorted(survivors, key=lambda s: (s["file"], s["line"], s["mutant"])),
+        "unmatched_judgements": unmatched,
     }
+
+
+def unmatched_judgements(
+    equivalents: list[dict[str, str]], matched: set[int], files: dict[str, Any]
+) -> list[dict[str, str]]:
+    """Judgements of this package's files that no surviving mutant matched, so that a stale one
+    is reported rather than silently kept: either its line is no longer in the source (the code
+    moved or changed: the mutant now there needs judging afresh), or the line is still there and
+    no survivor matches it (the mutant is now killed, or mutmut no longer generates it)."""
+    out = []
+    for entry in equivalents:
+        if entry.get("file") not in files or id(entry) in matched:
+            continue
+        source = {line.strip() for line in (ROOT / entry["file"]).read_text().splitlines()}
+        present = all(line in source for line in entry.get("original", "").split("\n"))
+        out.append(
+            {
+                "file": entry["file"],
+                "function": entry.get("function", ""),
+                "original": entry.get("original", ""),
+                "mutated": entry.get("mutated", ""),
+                "verdict": entry.get("verdict", ""),
+                "state": "line still in the source; no survivor matches (killed now)"
+                if present
+                else "stale: line no longer in the source (moved or changed)",
+            }
+        )
+    return out
 
 
 def _mutant_order(item: tuple[str, Any]) -> tuple[str, int]:
@@ -491,6 +524,25 @@ def render_markdown(record: dict[str, Any]) -> str:
             out += ["| test (described with each mutant below) | survivors it kills |", "|---|---|"]
             for test, count in sorted(wanted.items(), key=lambda kv: (-kv[1], kv[0])):
                 out.append(f"| `{test}` | {count} |")
+        unmatched = p.get("unmatched_judgements", [])
+        if unmatched:
+            out += [
+                "",
+                f"## {name}: judgements that no survivor matched",
+                "",
+                "Kept in `benchmarks/mutation_equivalent.toml` but used by no mutant of this run "
+                "(a stale one is not counted; a mutant on its moved line was judged afresh).",
+                "",
+                "| function | original → mutated | verdict | state |",
+                "|---|---|---|---|",
+            ]
+            for u in unmatched:
+                change = f"`{u['original']}` → `{u['mutated']}`".replace("|", "\\|")
+                change = change.replace("\n", " ⏎ ")
+                out.append(
+                    f"| `{u['file']}` `{u['function']}` | {change} | {u['verdict']} "
+                    f"| {u['state']} |"
+                )
         out += ["", f"## {name}: surviving mutants", ""]
         if not p["surviving"]:
             out.append("None.")
