@@ -105,8 +105,9 @@ PACKAGES: dict[str, Package] = {
     ),
     "algorithms": Package(
         ("src/mnemeta/algorithms/*",),
-        ("tests/algorithms", NO_COMPILE, NO_INNER_OPTIM_COMPILE),
-        "the learners' tests",
+        ("tests/algorithms", "tests/memory/test_interface.py", NO_COMPILE, NO_INNER_OPTIM_COMPILE),
+        "the learners' tests, and the memory interface's, which build MemoryAugmentedNetwork "
+        "(algorithms/mann.py) from names, keywords and memory objects",
     ),
 }
 

@@ -6,13 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from mnemeta.algorithms.maml import MAML, Classifier
+from mnemeta.algorithms.maml import MAML, Classifier, MAMLConfig
 from mnemeta.algorithms.reptile import Reptile
 from mnemeta.data.glyphs import make_glyphs
 from mnemeta.data.sampler import EpisodeSampler
 from mnemeta.data.sinusoid import SinusoidTasks
 from mnemeta.episode import EpisodeBatch
 from mnemeta.nn import MLP, Conv4
+from mnemeta.registry import LEARNERS, BuildContext
 
 
 def _sinusoid_batch(tasks: int = 3) -> EpisodeBatch:
@@ -181,3 +182,52 @@ def test_reptile_loop_equals_vmap() -> None:
         out[strategy] = _meta_grads(learner, batch)
     for k in out["loop"]:
         torch.testing.assert_close(out["loop"][k], out["vmap"][k])
+
+
+def _context(per_task: list[bool]) -> BuildContext:
+    """A 3-way context for 1x16x16 images whose backbone records the statistics asked for."""
+
+    def backbone(*, per_task_statistics: bool) -> nn.Module:
+        per_task.append(per_task_statistics)
+        return Conv4(1, 4, track_running_stats=not per_task_statistics)
+
+    return BuildContext(input_shape=(1, 16, 16), outputs=3, backbone=backbone)
+
+
+@pytest.mark.parametrize(
+    "name,first_order,learn_lr,adapt",
+    [
+        ("maml", False, False, None),
+        ("fomaml", True, False, None),
+        ("metasgd", False, True, None),
+        ("anil", False, False, ("head.",)),
+    ],
+)
+def test_registered_maml_family_builds_from_its_config(
+    name: str, first_order: bool, learn_lr: bool, adapt: tuple[str, ...] | None
+) -> None:
+    """What the CLI builds for each name: every config key reaches the learner, the head has
+    n_way outputs over the backbone's features, BN uses per-task statistics (the MAML paper)."""
+    per_task: list[bool] = []
+    cfg = MAMLConfig(
+        inner_lr=0.3,
+        inner_steps=2,
+        eval_inner_steps=4,
+        eval_inner_lr=0.05,
+        strategy="loop",
+        task_chunk=7,
+    )
+    learner = LEARNERS.get(name).build(cfg, _context(per_task))
+    assert isinstance(learner, MAML) and isinstance(learner.model, Classifier)
+    assert per_task == [True]
+    assert (learner.inner_lr, learner.inner_steps) == (0.3, 2)
+    assert (learner.eval_inner_steps, learner.eval_inner_lr) == (4, 0.05)
+    assert (learner.strategy, learner.task_chunk) == ("loop", 7)
+    assert learner.first_order is first_order and learner.learn_inner_lr is learn_lr
+    assert learner.adapt_prefixes == adapt
+    head = learner.model.head
+    assert (head.in_features, head.out_features) == (4, 3)
+    # Defaults: test-time settings as in training, and no chunking (0: all tasks at once).
+    default = LEARNERS.get(name).build(MAMLConfig(), _context([]))
+    assert (default.eval_inner_steps, default.eval_inner_lr) == (1, 0.4)
+    assert default.task_chunk == 0 and default.strategy == "auto"
