@@ -229,3 +229,16 @@ def test_compiles_to_one_graph() -> None:
     torch.testing.assert_close(
         compiled(theta[0], target[0], anchor[0], lr), eager, rtol=1e-12, atol=0
     )
+
+
+def test_chain_refuses_the_state_of_another_chain() -> None:
+    """A chain's state is one entry per transform; a state of a shorter chain (say, a resumed
+    optimiser built with another recipe) must fail, not silently drop the last transforms."""
+    params = {"w": _t(1.0, 2.0)}
+    grads = {"w": _t(0.5, 0.5)}
+    two = chain(sgd(0.1), memory_pull({"w": _t(0.0, 0.0)}, 0.5))
+    one = chain(sgd(0.1))
+    with pytest.raises(ValueError, match="zip"):
+        two.update(grads, one.init(params), params)
+    updates, state = two.update(grads, two.init(params), params)
+    assert len(updates) == 2 and len(state) == 2
