@@ -440,6 +440,51 @@ def _short_diff(diff: str) -> str:
     return "\n".join(lines[i] for i in sorted(keep) if 0 <= i < len(lines))
 
 
+# ----------------------------------------------------------------------------- the file
+
+PROVENANCE = ("command", "machine", "date", "commit")
+SUMMARY = (
+    "mutants",
+    "killed",
+    "timeout",
+    "crashed",
+    "survived",
+    "no_tests",
+    "equivalent",
+    "score",
+    "tests",
+    "trees",
+)
+
+
+def to_file(record: dict[str, Any]) -> dict[str, Any]:
+    """One section per package, each with the ``header`` (command, machine, date, commit) of
+    the run that measured it: the file is written package by package, by several commands."""
+    out: dict[str, Any] = {"tool": record["tool"]}
+    if record.get("history"):
+        out["history"] = record["history"]
+    for name, p in record["packages"].items():
+        header = {k: p[k] for k in PROVENANCE}
+        out[name] = {"header": header, **{k: v for k, v in p.items() if k not in PROVENANCE}}
+    return out
+
+
+def from_file(data: dict[str, Any]) -> dict[str, Any]:
+    if "packages" in data:  # the first records' layout
+        return data
+    packages = {
+        name: {**v["header"], **{k: x for k, x in v.items() if k != "header"}}
+        for name, v in data.items()
+        if isinstance(v, dict) and "header" in v
+    }
+    return {"tool": data.get("tool"), "history": data.get("history", []), "packages": packages}
+
+
+def summary(name: str, p: dict[str, Any]) -> dict[str, Any]:
+    """What an earlier measurement of a package is kept as once a new one replaces it."""
+    return {"package": name, **{k: p.get(k) for k in (*PROVENANCE, *SUMMARY)}}
+
+
 # ---------------------------------------------------------------------------- the markdown
 
 
@@ -504,6 +549,28 @@ def render_markdown(record: dict[str, Any]) -> str:
         p = packages.get(name)
         if p:
             out.append(f"- {name}: `{p['command']}` on {p['machine']}")
+    history = record.get("history") or []
+    if history:
+        out += [
+            "",
+            "## Earlier measurements",
+            "",
+            "Each replaced by the one in the table above; kept to show what the tests added "
+            "since changed (the judgements then in force, so *equivalent* may differ).",
+            "",
+            "| package | mutants | killed | timeout | crashed | survived | no tests | equivalent "
+            "| score | tests/ tree | commit | date | command |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for h in history:
+            score = "—" if h.get("score") is None else f"{h['score']:.1f}%"
+            tree = (h.get("trees") or {}).get("tests", "")[:10]
+            out.append(
+                f"| {h['package']} | {h['mutants']} | {h['killed']} | {h['timeout']} "
+                f"| {h['crashed']} | {h['survived']} | {h['no_tests']} | {h['equivalent']} "
+                f"| {score} | {tree} | {str(h['commit'])[:10]} | {h['date']} "
+                f"| `{h['command']}` |"
+            )
     for name in PACKAGES:
         p = packages.get(name)
         if not p:
@@ -600,7 +667,7 @@ def main() -> None:
 
     record: dict[str, Any] = {"packages": {}}
     if args.out.exists():
-        record = json.loads(args.out.read_text())
+        record = from_file(json.loads(args.out.read_text()))
     record["tool"] = f"mutmut {metadata.version('mutmut')}"
     command = "python benchmarks/mutation.py " + " ".join(sys.argv[1:])
 
@@ -642,6 +709,9 @@ def main() -> None:
             result["trees"] = tested_trees(result["commit"])
             if rc != 0:
                 print(f"{name}: mutmut exited {rc}; see {log}", flush=True)
+        previous = record["packages"].get(name)
+        if previous is not None and not args.report_only:
+            record.setdefault("history", []).append(summary(name, previous))
         record["packages"][name] = result
         score = "—" if result["score"] is None else f"{result['score']:.1f}%"
         print(
@@ -651,7 +721,7 @@ def main() -> None:
             flush=True,
         )
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
+        args.out.write_text(json.dumps(to_file(record), indent=1, ensure_ascii=False) + "\n")
         args.out.with_suffix(".md").write_text(render_markdown(record))
 
 
