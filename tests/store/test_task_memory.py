@@ -317,3 +317,25 @@ def test_export_report_and_destinations(tmp_path: Path) -> None:
         assert len(copy) == 4
         mode = copy._records.conn.execute("PRAGMA journal_mode").fetchone()[0]
         assert mode.lower() == "wal"
+
+
+def test_a_long_lock_names_the_operation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer that cannot get the lock within the deadline says which operation waited and
+    what to do (the deadline is set to 0 s here instead of 60 s, so that it expires at once)."""
+    from mnemeta.store import schema
+
+    with TaskMemory(tmp_path / "m", dim=DIM) as mem:
+        holder = sqlite3.connect(tmp_path / "m" / "tasks.sqlite", isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")  # another process's long write transaction
+        monkeypatch.setattr(schema, "BUSY_DEADLINE_S", 0.0)
+        try:
+            with pytest.raises(
+                MnemetaError,
+                match=r"stayed locked for 0 s while adding records \(.*\); another process holds "
+                "a long write transaction: wait for it, or stop it",
+            ):
+                mem.add(torch.randn(DIM))
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        assert len(mem) == 0
