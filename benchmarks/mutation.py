@@ -334,6 +334,9 @@ def collect(folder: Path, name: str, package: Package) -> dict[str, Any]:
     files: dict[str, dict[str, int]] = {}
     survivors: list[dict[str, Any]] = []
     matched: set[int] = set()
+    recheck_file = folder / RECHECK
+    recheck = json.loads(recheck_file.read_text()) if recheck_file.exists() else {}
+    rechecked = 0
     metas = sorted((folder / "mutants").glob("src/**/*.py.meta"))
     old_cwd = Path.cwd()
     os.chdir(folder)
@@ -346,6 +349,9 @@ def collect(folder: Path, name: str, package: Package) -> dict[str, Any]:
             per_file = files.setdefault(rel, dict.fromkeys(counts, 0))
             for key, code in sorted(meta["exit_code_by_key"].items(), key=_mutant_order):
                 st = status(code)
+                if st in ("survived", "no tests") and recheck.get(key) in KILLED:
+                    st = "killed"  # by a fresh process, see recheck_import_time()
+                    rechecked += 1
                 counts[st] += 1
                 per_file[st] += 1
                 if st in DETECTED:
@@ -393,7 +399,69 @@ def collect(folder: Path, name: str, package: Package) -> dict[str, Any]:
         "files": files,
         "surviving": sorted(survivors, key=lambda s: (s["file"], s["line"], s["mutant"])),
         "unmatched_judgements": unmatched,
+        "killed_in_a_fresh_process": rechecked,
     }
+
+
+# ------------------------------------------------------- mutants of functions run at import
+
+RECHECK = "recheck.json"
+
+
+def import_time_functions(source: str) -> set[str]:
+    """Names of the module's functions that its top-level code calls (e.g. a registry entry's
+    ``build=_family(...)``): they run when the module is imported."""
+    called: set[str] = set()
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            continue
+        for sub in ast.walk(node):
+            if isinstance(sub, ast.Call) and isinstance(sub.func, ast.Name):
+                called.add(sub.func.id)
+    return called
+
+
+def recheck_import_time(folder: Path) -> dict[str, int]:
+    """Run each surviving mutant of an import-time function in a fresh process.
+
+    mutmut imports the code once and forks a child per mutant, which then switches its mutant
+    on; a function the module calls while being imported (a registry builder) has run before
+    the fork, so its mutants are never active and survive whatever the tests check. Here each
+    is switched on before Python starts (mutmut's MUTANT_UNDER_TEST), so that the import runs
+    the mutant, and the tests of the module's mirror file ``tests/<pkg>/test_<module>.py`` run
+    against it; their exit code is kept in ``recheck.json`` (1: killed)."""
+    results: dict[str, int] = {}
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(folder / "mutants" / "src"))
+    for meta_path in sorted((folder / "mutants").glob("src/**/*.py.meta")):
+        rel = meta_path.relative_to(folder / "mutants").as_posix()[: -len(".meta")]
+        funcs = import_time_functions((ROOT / rel).read_text())
+        parts = Path(rel).parts  # src/mnemeta/<pkg>/<module>.py
+        mirror = Path("tests", parts[2], f"test_{Path(rel).stem}.py")
+        if not funcs or not (ROOT / mirror).exists():
+            continue
+        meta = json.loads(meta_path.read_text())
+        keys = [
+            key
+            for key, code in sorted(meta["exit_code_by_key"].items(), key=_mutant_order)
+            if status(code) in ("survived", "no tests") and function_of(key)[0] in funcs
+        ]
+        cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", str(mirror)]
+        # The unmutated code must pass the file, or every mutant would look killed.
+        control = subprocess.run(
+            cmd, cwd=folder, env={**env, "MUTANT_UNDER_TEST": "none"}, capture_output=True
+        )
+        if keys and control.returncode != 0:
+            print(f"  {mirror} fails on the unmutated code; its mutants are not rechecked")
+            continue
+        for key in keys:
+            done = subprocess.run(
+                cmd, cwd=folder, env={**env, "MUTANT_UNDER_TEST": key}, capture_output=True
+            )
+            results[key] = done.returncode
+            print(f"  {key}: exit {done.returncode}", flush=True)
+    (folder / RECHECK).write_text(json.dumps(results, indent=1) + "\n")
+    return results
 
 
 def unmatched_judgements(
@@ -461,8 +529,9 @@ def to_file(record: dict[str, Any]) -> dict[str, Any]:
     """One section per package, each with the ``header`` (command, machine, date, commit) of
     the run that measured it: the file is written package by package, by several commands."""
     out: dict[str, Any] = {"tool": record["tool"]}
-    if record.get("history"):
-        out["history"] = record["history"]
+    for key in ("notes", "history"):
+        if record.get(key):
+            out[key] = record[key]
     for name, p in record["packages"].items():
         header = {k: p[k] for k in PROVENANCE}
         out[name] = {"header": header, **{k: v for k, v in p.items() if k not in PROVENANCE}}
@@ -477,7 +546,12 @@ def from_file(data: dict[str, Any]) -> dict[str, Any]:
         for name, v in data.items()
         if isinstance(v, dict) and "header" in v
     }
-    return {"tool": data.get("tool"), "history": data.get("history", []), "packages": packages}
+    return {
+        "tool": data.get("tool"),
+        "notes": data.get("notes", []),
+        "history": data.get("history", []),
+        "packages": packages,
+    }
 
 
 def summary(name: str, p: dict[str, Any]) -> dict[str, Any]:
@@ -517,6 +591,9 @@ def render_markdown(record: dict[str, Any]) -> str:
             f"| {', '.join(f'`{t}`' for t in p['tests'])} | {p['minutes']:.0f} | {p['date']} "
             f"| {p['commit'][:10]} |"
         )
+    notes = record.get("notes") or []
+    if notes:
+        out += ["", *[f"- {n}" for n in notes]]
     out += [
         "",
         "Each package is mutated against its own tests only (the *tests* column), so a mutant "
@@ -657,6 +734,12 @@ def main() -> None:
         action="store_true",
         help="re-read the finished runs in .mutation/ and rewrite the record, running nothing",
     )
+    ap.add_argument(
+        "--recheck-import-time",
+        action="store_true",
+        help="after the run, test the survivors of functions called at import in a fresh "
+        "process each (see recheck_import_time)",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS / "mutation.json")
     args = ap.parse_args()
     try:
@@ -680,6 +763,8 @@ def main() -> None:
         package = PACKAGES[name]
         folder = SCRATCH / name
         if args.report_only:
+            if args.recheck_import_time and (folder / "mutants").exists():
+                recheck_import_time(folder)
             previous = record["packages"].get(name)
             if previous is None or not (folder / "mutants").exists():
                 print(f"{name}: no finished run in {folder}", flush=True)
@@ -693,6 +778,8 @@ def main() -> None:
             log = folder / "mutmut.log"
             print(f"{name}: mutmut in {folder} (log: {log})", flush=True)
             rc, seconds, _ = run_mutmut(folder, args.jobs, log)
+            if args.recheck_import_time:
+                recheck_import_time(folder)
             result = collect(folder, name, package)
             if result["not_checked"] == result["mutants"]:
                 print(f"{name}: mutmut exited {rc} before testing any mutant; see {log}")
