@@ -104,6 +104,7 @@ def test_ntm_state_follows_device_and_dtype() -> None:
     for device, dtype in [(torch.device("meta"), torch.float32), (torch.device("cpu"), D)]:
         s = ntm.init_state(2, 5, 3, read_heads=2, write_heads=2, device=device, dtype=dtype)
         m_state = memory.init_state(2, device, dtype)
+        assert m_state.read_weights.shape == m_state.write_weights.shape == (2, 2, 5)
         reads, new, w_read, w_write = memory.step(
             m_state, torch.zeros(2, memory.raw_size, device=device, dtype=dtype)
         )
