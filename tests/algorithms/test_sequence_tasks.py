@@ -181,3 +181,41 @@ def test_one_shot_state_restores_the_sampler() -> None:
     task, other = _one_shot(wipe=True), _one_shot(wipe=True, seed=8)
     other.set_state(task.get_state())
     assert torch.equal(task.sampler.sample(2).labels, other.sampler.sample(2).labels)
+
+
+def test_second_presentation_accuracy_with_two_instances() -> None:
+    """With 2 instances per class, accuracy_2nd is over the last presentation of each class
+    (3 classes x 5 episodes = 15 steps): a finite value equal to the count by hand."""
+    data = _images()
+    task = OneShotTask(
+        OneShotSequenceSampler(data, classes=3, instances=2, seed=1),
+        OneShotSequenceSampler(data, classes=3, instances=2, seed=2),
+        wipe_memory=True,
+        eval_episodes=2,
+        eval_seed=0,
+        eval_batch=2,
+    )
+    torch.manual_seed(0)
+    net = MemoryAugmentedNetwork(9, 3, controller=8, memory="lrua", rows=4, width=3)
+    twin = OneShotSequenceSampler(data, classes=3, instances=2, seed=1)
+    _, metrics, _ = task.train_loss(net, 5, None)
+    batch = twin.sample(5)
+    with torch.no_grad():
+        logits, _ = net(batch.inputs(3))
+    second = batch.instance == 2
+    right = ((logits.argmax(-1) == batch.labels) & second).sum()
+    assert int(second.sum()) == 15
+    assert abs(float(metrics["accuracy_2nd"]) - float(right) / 15) < 1e-6
+
+
+def test_no_wipe_start_keeps_the_carry_device_and_dtype() -> None:
+    """The fresh controller is made where the carried memory is, in its dtype (meta: a state
+    made on the CPU by default would fail there as on a GPU; float64 shows a float32 one)."""
+    net = MemoryAugmentedNetwork(9, 3, controller=8, memory="lrua", rows=4, width=3)
+    task = _one_shot(wipe=False)
+    meta = torch.device("meta")
+    carry = net.initial_state(5, meta, torch.float64)
+    start = task._start(net, carry, 5)
+    assert start is not None
+    for x in [start.hidden, start.cell, start.reads, *start.memory]:
+        assert x.device == meta and x.dtype == torch.float64
