@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from torch import nn
 
 from mnemeta.algorithms import ProtoNet, prototypes, squared_euclidean
 from mnemeta.algorithms.protonet import ProtoNetConfig
 from mnemeta.episode import EpisodeBatch, Support
+from mnemeta.errors import MnemetaError
 from mnemeta.registry import LEARNERS, BuildContext
 
 
@@ -54,3 +56,11 @@ def test_registered_protonet_builds_from_its_config() -> None:
     assert isinstance(net, ProtoNet) and net.distance == "cosine" and asked == [False]
     assert isinstance(net.encoder, nn.Flatten)
     assert LEARNERS.get("protonet").build(ProtoNetConfig(), ctx).distance == "sqeuclidean"
+
+
+def test_unknown_distance_message() -> None:
+    with pytest.raises(
+        MnemetaError,
+        match=r"^model\.distance='manhattan' is unknown; choose sqeuclidean or cosine$",
+    ):
+        ProtoNet(nn.Flatten(), distance="manhattan")

@@ -327,29 +327,30 @@ def test_explicit_encoder_wins() -> None:
 def test_memory_adaptation_bad_arguments() -> None:
     learner = _anil()
     for k, tau in [(0, 0.1), (1, 0.0), (2, -1.0)]:
-        with pytest.raises(MnemetaError, match=rf"need k >= 1 and tau > 0; got k={k}, tau={tau}"):
+        with pytest.raises(MnemetaError, match=rf"^need k >= 1 and tau > 0; got k={k}, tau={tau}$"):
             MemoryAugmentedAdaptation(learner, FakeStore(), k=k, tau=tau)
     MemoryAugmentedAdaptation(learner, FakeStore(), k=1, tau=1e-3)  # the smallest allowed
     no_encoder = MAML(nn.Linear(4, 3).double(), strategy="loop")
     with pytest.raises(
         MnemetaError,
-        match=r"the learner's model has no \.encoder for class prototypes; pass encoder=",
+        match=r"^the learner's model has no \.encoder for class prototypes; pass encoder=$",
     ):
         MemoryAugmentedAdaptation(no_encoder, FakeStore())
     regression, _, _ = _linear_regression()
     with pytest.raises(
         MnemetaError,
-        match=r"regression tasks have no classes to embed; pass embed=, a function from a "
-        r"one-task Support to a \(1, E\) embedding",
+        match=r"^regression tasks have no classes to embed; pass embed=, a function from a "
+        r"one-task Support to a \(1, E\) embedding$",
     ):
         MemoryAugmentedAdaptation(regression, FakeStore())
     support, _ = _episode([0, 1, 2])
     adapter = MemoryAugmentedAdaptation(learner, FakeStore())
     with pytest.raises(
-        MnemetaError, match=r"info is one mapping per task; pass a list, e\.g\. info=\[\{\.\.\.\}\]"
+        MnemetaError,
+        match=r"^info is one mapping per task; pass a list, e\.g\. info=\[\{\.\.\.\}\]$",
     ):
         adapter.adapt(support, info={"task": "a"})
-    with pytest.raises(MnemetaError, match="info has 2 entries for 1 tasks; give one per task"):
+    with pytest.raises(MnemetaError, match="^info has 2 entries for 1 tasks; give one per task$"):
         adapter.adapt(support, info=[{}, {}])
 
 

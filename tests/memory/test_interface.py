@@ -335,3 +335,46 @@ def test_config_bounds_are_inclusive_where_documented() -> None:
         match=r"LRUA memory: initial_strength is a softplus output and must be > 0, got 0\.0",
     ):
         LRUAConfig(initial_strength=0.0)
+
+
+def test_memory_argument_messages_in_full(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every refusal of MemoryAugmentedNetwork's memory argument, word for word."""
+    names = ", ".join(MEMORIES.names())
+    with pytest.raises(
+        ConfigError,
+        match=rf"^memory must be a name \({names}\) or an object with raw_size, read_size, "
+        r"init_head_bias, init_state and step; got 5$",
+    ):
+        MemoryAugmentedNetwork(5, 3, memory=5)  # type: ignore[arg-type]
+    with pytest.raises(
+        ConfigError,
+        match=r"^memory is an object, which carries its own keys, but width was given to "
+        r"MemoryAugmentedNetwork too; set them in the memory's config instead$",
+    ):
+        MemoryAugmentedNetwork(5, 3, memory=LRUAMemory(), width=3)
+    with pytest.raises(
+        ConfigError,
+        match=r"^memory is an object, which carries its own keys, but rows, width were given",
+    ):
+        MemoryAugmentedNetwork(5, 3, memory=LRUAMemory(), rows=4, width=3)
+    with pytest.raises(
+        ConfigError, match=rf"^memory must be one of {names} \(or a memory object\); got 'tape'$"
+    ):
+        MemoryAugmentedNetwork(5, 3, memory="tape")
+    tape = MemorySpec("tape", _TapeConfig, "test", build=lambda c: None)
+    monkeypatch.setitem(MEMORIES._entries, tape.name, tape)
+    with pytest.raises(
+        ConfigError,
+        match=r"^memory 'tape' reads length, which MemoryAugmentedNetwork takes no argument "
+        r"for; build it \(MEMORIES\.get\('tape'\)\.build\(config\)\) and pass the object as "
+        r"memory=$",
+    ):
+        MemoryAugmentedNetwork(5, 3, memory="tape")
+
+
+def test_a_memory_with_one_raw_output_gets_a_head_layer(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = MemorySpec("running_sum", _SumConfig, "test", build=_RunningSum)
+    monkeypatch.setitem(MEMORIES._entries, spec.name, spec)
+    net = MemoryAugmentedNetwork(5, 3, controller=8, memory="running_sum", width=1)
+    assert net.memory.raw_size == 1
+    assert net.heads is not None and net.heads.out_features == 1
