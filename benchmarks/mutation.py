@@ -633,7 +633,8 @@ def render_markdown(record: dict[str, Any]) -> str:
             "## Earlier measurements",
             "",
             "Each replaced by the one in the table above; kept to show what the tests added "
-            "since changed (the judgements then in force, so *equivalent* may differ).",
+            "since changed. *equivalent* is as judged when the row was written (the rows of "
+            "this branch's runs with today's judgements file).",
             "",
             "| package | mutants | killed | timeout | crashed | survived | no tests | equivalent "
             "| score | tests/ tree | commit | date | command |",
