@@ -181,3 +181,29 @@ def test_conv4_values_do_not_depend_on_the_layout() -> None:
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(a(x), b(x), rtol=1e-5, atol=1e-6)
+
+
+def test_conv4_out_features_without_or_with_one_block() -> None:
+    """depth 0 is the identity (the input's channels, flattened); depth 1 halves once into
+    hidden channels (hidden differs from in_channels here, so the two cannot be confused)."""
+    assert Conv4(1, 3, depth=0).out_features((1, 5, 7)) == 1 * 5 * 7
+    assert Conv4(1, 3, depth=1).out_features((1, 6, 9)) == 3 * 3 * 4
+    with torch.no_grad():
+        assert Conv4(1, 3, depth=1).eval()(torch.zeros(2, 1, 6, 9)).shape == (2, 36)
+
+
+def test_shape_errors_name_the_backbone() -> None:
+    with pytest.raises(
+        MnemetaError,
+        match=r"^Conv4 takes images \(C, H, W\); got input_shape \(28, 28\); pass the shape of "
+        r"one image without the batch dimension, e\.g\. \(1, 28, 28\)$",
+    ):
+        Conv4(1, 4).out_features((28, 28))
+    with pytest.raises(
+        MnemetaError, match=r"^Conv4 halves the image 4 times, so H and W must be at least 16"
+    ):
+        Conv4(1, 4).out_features((1, 8, 28))
+    with pytest.raises(
+        MnemetaError, match=r"^ResNet12 was built for 1 input channel\(s\) but input_shape"
+    ):
+        ResNet12(1, (2, 3)).out_features((3, 16, 16))

@@ -464,10 +464,10 @@ def test_dropblock_gamma_clips_the_block_to_each_side() -> None:
 
 
 def test_dropblock_mask_of_a_non_square_map() -> None:
-    """On a 6 x 10 map with blocks of 3 (and a 2 x 9 map, where the block clips to 2): the mask
-    has the input's shape and is a union of whole b x b squares inside the map."""
+    """On a 6 x 10 map with blocks of 3 (and 2 x 9 and 9 x 2 maps, where the block clips to 2):
+    the mask has the input's shape and is a union of whole b x b squares inside the map."""
     torch.manual_seed(0)
-    for shape, block, b in [((4, 2, 6, 10), 3, 3), ((4, 2, 2, 9), 3, 2)]:
+    for shape, block, b in [((4, 2, 6, 10), 3, 3), ((4, 2, 2, 9), 3, 2), ((4, 2, 9, 2), 3, 2)]:
         d = DropBlock(0.3, block)
         mask = d.dropped(torch.zeros(shape))
         assert mask.shape == shape and mask.sum() > 0
