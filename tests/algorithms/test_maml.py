@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from mnemeta.algorithms.maml import MAML, Classifier, MAMLConfig
-from mnemeta.algorithms.reptile import Reptile
+from mnemeta.algorithms.reptile import Reptile, ReptileConfig
 from mnemeta.data.glyphs import make_glyphs
 from mnemeta.data.sampler import EpisodeSampler
 from mnemeta.data.sinusoid import SinusoidTasks
@@ -231,3 +231,19 @@ def test_registered_maml_family_builds_from_its_config(
     default = LEARNERS.get(name).build(MAMLConfig(), _context([]))
     assert (default.eval_inner_steps, default.eval_inner_lr) == (1, 0.4)
     assert default.task_chunk == 0 and default.strategy == "auto"
+
+
+def test_registered_reptile_builds_from_its_config() -> None:
+    """What the CLI builds for reptile: every key reaches the learner (non-default values), test
+    time as in training when unset, BN with per-task statistics as for MAML."""
+    per_task: list[bool] = []
+    cfg = ReptileConfig(
+        inner_lr=0.02, inner_steps=3, inner_batch=4, eval_inner_steps=7, eval_inner_batch=2
+    )
+    learner = LEARNERS.get("reptile").build(cfg, _context(per_task))
+    assert isinstance(learner, Reptile) and per_task == [True]
+    assert (learner.inner_lr, learner.inner_steps, learner.inner_batch) == (0.02, 3, 4)
+    assert (learner.eval_inner_steps, learner.eval_inner_batch) == (7, 2)
+    assert learner.model.head.out_features == 3
+    default = LEARNERS.get("reptile").build(ReptileConfig(inner_steps=6), _context([]))
+    assert default.eval_inner_steps == 6 and default.inner_lr == 1e-3

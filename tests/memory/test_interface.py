@@ -378,3 +378,16 @@ def test_a_memory_with_one_raw_output_gets_a_head_layer(monkeypatch: pytest.Monk
     net = MemoryAugmentedNetwork(5, 3, controller=8, memory="running_sum", width=1)
     assert net.memory.raw_size == 1
     assert net.heads is not None and net.heads.out_features == 1
+
+
+@dataclasses.dataclass
+class _TwoTapesConfig:
+    length: int = 5  # two keys the network has no keyword argument for
+    speed: int = 1
+
+
+def test_unread_keys_are_all_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = MemorySpec("tapes", _TwoTapesConfig, "test", build=lambda c: None)
+    monkeypatch.setitem(MEMORIES._entries, spec.name, spec)
+    with pytest.raises(ConfigError, match=r"^memory 'tapes' reads length, speed, which "):
+        MemoryAugmentedNetwork(5, 3, memory="tapes")
