@@ -88,6 +88,7 @@ def test_builders_defaults() -> None:
         assert [(c.in_channels, c.out_channels) for c in convs] == [(1, 64)] + [(64, 64)] * 3
         assert [b.num_features for b in _norms(model)] == [64] * 4
         assert all(b.running_mean is not None and b.primitive is None for b in _norms(model))
+        assert model.channels_last is True  # the documented speed default
         with torch.no_grad():
             assert model.eval()(torch.zeros(2, 1, 28, 28)).shape == (2, 64)
     custom = conv4(3, 32, track_running_stats=False, primitive_bn=True)
