@@ -242,3 +242,21 @@ def test_chain_refuses_the_state_of_another_chain() -> None:
         two.update(grads, one.init(params), params)
     updates, state = two.update(grads, two.init(params), params)
     assert len(updates) == 2 and len(state) == 2
+
+
+def test_adam_defaults_are_kingma_and_bas() -> None:
+    """adam(lr) is Algorithm 1 with β₁ = 0.9, β₂ = 0.999, ε = 1e-8 (the paper's defaults): two
+    steps against the reference; its step count stays a float64 CPU scalar even when tensors
+    are made elsewhere by default (meta here, as a GPU default device would)."""
+    grads = [0.5, -1.5]
+    theta = torch.tensor([1.0], dtype=F64)
+    opt = adam(0.01)
+    state = opt.init({"w": theta})
+    for g in grads:
+        theta_new, state = _step(opt, {"w": torch.tensor([g], dtype=F64)}, state, {"w": theta})
+        theta = theta_new["w"]
+    want = 1.0 + _adam_reference(grads, 0.01, 0.9, 0.999, 1e-8)  # the reference starts at 0
+    _close(theta, torch.tensor([want], dtype=F64))
+    with torch.device("meta"):
+        steps = adam(0.1).init({"w": torch.zeros(2)}).steps
+    assert steps.device.type == "cpu" and steps.dtype == F64

@@ -12,6 +12,7 @@ from mnemeta.data.glyphs import make_glyphs
 from mnemeta.data.sampler import EpisodeSampler
 from mnemeta.data.sinusoid import SinusoidTasks
 from mnemeta.episode import EpisodeBatch
+from mnemeta.errors import MnemetaError
 from mnemeta.nn import MLP, Conv4
 from mnemeta.registry import LEARNERS, BuildContext
 
@@ -247,3 +248,39 @@ def test_registered_reptile_builds_from_its_config() -> None:
     assert learner.model.head.out_features == 3
     default = LEARNERS.get("reptile").build(ReptileConfig(inner_steps=6), _context([]))
     assert default.eval_inner_steps == 6 and default.inner_lr == 1e-3
+
+
+def test_argument_errors_name_the_argument() -> None:
+    """MAML and Reptile refuse a bad argument when built, with the same messages; zero steps
+    and the smallest batch are allowed (a test-time evaluation without adaptation)."""
+    net = nn.Linear(2, 1)
+    for make in (MAML, Reptile):
+        with pytest.raises(
+            MnemetaError, match=r"^task must be 'classification' or 'regression'; got 'ranking'$"
+        ):
+            make(net, task="ranking")
+        with pytest.raises(
+            MnemetaError, match=r"^model\.strategy='gpu' is unknown; choose auto, vmap or loop$"
+        ):
+            make(net, strategy="gpu")
+    with pytest.raises(
+        MnemetaError,
+        match=r"^need inner_steps, eval_inner_steps >= 0 and task_chunk >= 0; got 2, -1, 0$",
+    ):
+        MAML(net, inner_steps=2, eval_inner_steps=-1)
+    with pytest.raises(MnemetaError, match=r"got -1, -1, 0$"):
+        MAML(net, inner_steps=-1)  # eval_inner_steps None: as in training
+    with pytest.raises(MnemetaError, match=r"got 1, 1, -2$"):
+        MAML(net, task_chunk=-2)
+    zero = MAML(net, inner_steps=0, eval_inner_steps=3, task_chunk=0)
+    assert (zero.inner_steps, zero.eval_inner_steps) == (0, 3)
+    with pytest.raises(
+        MnemetaError,
+        match=r"^need inner_steps, eval_inner_steps >= 0 and inner_batch, eval_inner_batch >= 1; "
+        r"got 2, -1, 3, 1$",
+    ):
+        Reptile(net, inner_steps=2, eval_inner_steps=-1, inner_batch=3, eval_inner_batch=1)
+    for bad in ({"inner_steps": -1}, {"inner_batch": 0}, {"eval_inner_batch": 0}):
+        with pytest.raises(MnemetaError, match="need inner_steps"):
+            Reptile(net, **bad)  # type: ignore[arg-type]
+    Reptile(net, inner_steps=0, eval_inner_steps=0, inner_batch=1, eval_inner_batch=1)
