@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from mnemeta.algorithms.inner_loop import over_tasks
 from mnemeta.algorithms.maml import MAML, Classifier, MAMLConfig
 from mnemeta.algorithms.reptile import Reptile, ReptileConfig
 from mnemeta.data.glyphs import make_glyphs
@@ -239,12 +240,18 @@ def test_registered_reptile_builds_from_its_config() -> None:
     time as in training when unset, BN with per-task statistics as for MAML."""
     per_task: list[bool] = []
     cfg = ReptileConfig(
-        inner_lr=0.02, inner_steps=3, inner_batch=4, eval_inner_steps=7, eval_inner_batch=2
+        inner_lr=0.02,
+        inner_steps=3,
+        inner_batch=4,
+        eval_inner_steps=7,
+        eval_inner_batch=2,
+        strategy="loop",
     )
     learner = LEARNERS.get("reptile").build(cfg, _context(per_task))
     assert isinstance(learner, Reptile) and per_task == [True]
     assert (learner.inner_lr, learner.inner_steps, learner.inner_batch) == (0.02, 3, 4)
     assert (learner.eval_inner_steps, learner.eval_inner_batch) == (7, 2)
+    assert learner.strategy == "loop"
     assert learner.model.head.out_features == 3
     default = LEARNERS.get("reptile").build(ReptileConfig(inner_steps=6), _context([]))
     assert default.eval_inner_steps == 6 and default.inner_lr == 1e-3
@@ -284,3 +291,8 @@ def test_argument_errors_name_the_argument() -> None:
         with pytest.raises(MnemetaError, match="need inner_steps"):
             Reptile(net, **bad)  # type: ignore[arg-type]
     Reptile(net, inner_steps=0, eval_inner_steps=0, inner_batch=1, eval_inner_batch=1)
+
+
+def test_over_tasks_refuses_an_unknown_strategy() -> None:
+    with pytest.raises(MnemetaError, match=r"^strategy must be 'vmap' or 'loop'; got 'auto'$"):
+        over_tasks(lambda x: (x.sum(), x), [torch.zeros(2, 3)], strategy="auto")
