@@ -229,6 +229,7 @@ def test_registered_maml_family_builds_from_its_config(
     assert learner.adapt_prefixes == adapt
     head = learner.model.head
     assert (head.in_features, head.out_features) == (4, 3)
+    assert isinstance(learner.model.encoder, Conv4)  # the backbone the context built
     # Defaults: test-time settings as in training, and no chunking (0: all tasks at once).
     default = LEARNERS.get(name).build(MAMLConfig(), _context([]))
     assert (default.eval_inner_steps, default.eval_inner_lr) == (1, 0.4)
