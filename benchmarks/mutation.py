@@ -76,6 +76,10 @@ class Package:
 # fails on the unmutated code and mutmut would refuse to start. Its eager-gradient half is what
 # test_maml.py checks on the same learners.
 NO_COMPILE = "--ignore=tests/algorithms/test_compile.py"
+# The inner optimiser's one-graph check fails under mutmut for the same reason.
+NO_INNER_OPTIM_COMPILE = (
+    "--deselect=tests/algorithms/test_inner_optim.py::test_compiles_to_one_graph"
+)
 
 # Smallest first: the order in which `--packages all` runs them.
 PACKAGES: dict[str, Package] = {
@@ -91,7 +95,7 @@ PACKAGES: dict[str, Package] = {
     ),
     "nn": Package(
         ("src/mnemeta/nn/*",),
-        ("tests/nn", "tests/algorithms", NO_COMPILE),
+        ("tests/nn", "tests/algorithms", NO_COMPILE, NO_INNER_OPTIM_COMPILE),
         "the layers' tests and the learners that run them (backbones are exercised there)",
     ),
     "store": Package(
@@ -101,8 +105,9 @@ PACKAGES: dict[str, Package] = {
     ),
     "algorithms": Package(
         ("src/mnemeta/algorithms/*",),
-        ("tests/algorithms", NO_COMPILE),
-        "the learners' tests",
+        ("tests/algorithms", "tests/memory/test_interface.py", NO_COMPILE, NO_INNER_OPTIM_COMPILE),
+        "the learners' tests, and the memory interface's, which build MemoryAugmentedNetwork "
+        "(algorithms/mann.py) from names, keywords and memory objects",
     ),
 }
 
@@ -328,6 +333,10 @@ def collect(folder: Path, name: str, package: Package) -> dict[str, Any]:
     )
     files: dict[str, dict[str, int]] = {}
     survivors: list[dict[str, Any]] = []
+    matched: set[int] = set()
+    recheck_file = folder / RECHECK
+    recheck = json.loads(recheck_file.read_text()) if recheck_file.exists() else {}
+    rechecked = 0
     metas = sorted((folder / "mutants").glob("src/**/*.py.meta"))
     old_cwd = Path.cwd()
     os.chdir(folder)
@@ -340,6 +349,9 @@ def collect(folder: Path, name: str, package: Package) -> dict[str, Any]:
             per_file = files.setdefault(rel, dict.fromkeys(counts, 0))
             for key, code in sorted(meta["exit_code_by_key"].items(), key=_mutant_order):
                 st = status(code)
+                if st in ("survived", "no tests") and recheck.get(key) in KILLED:
+                    st = "killed"  # by a fresh process, see recheck_import_time()
+                    rechecked += 1
                 counts[st] += 1
                 per_file[st] += 1
                 if st in DETECTED:
@@ -350,6 +362,8 @@ def collect(folder: Path, name: str, package: Package) -> dict[str, Any]:
                 removed, added = changed_lines(diff)
                 line = locate(source_lines, function_span(source, func, cls), removed, diff)
                 entry = judgement(equivalents, rel, function, removed, added)
+                if entry is not None:
+                    matched.add(id(entry))
                 survivors.append(
                     {
                         "mutant": key,
@@ -367,6 +381,7 @@ def collect(folder: Path, name: str, package: Package) -> dict[str, Any]:
     finally:
         os.chdir(old_cwd)
     total = sum(counts.values())
+    unmatched = unmatched_judgements(equivalents, matched, files)
     equivalent = sum(1 for s in survivors if s["verdict"] == "equivalent")
     detected = counts["killed"] + counts["timeout"] + counts["crashed"]
     # An interrupted run leaves mutants "not checked": they are left out of the score and the
@@ -383,7 +398,98 @@ def collect(folder: Path, name: str, package: Package) -> dict[str, Any]:
         "complete": counts["not checked"] == 0,
         "files": files,
         "surviving": sorted(survivors, key=lambda s: (s["file"], s["line"], s["mutant"])),
+        "unmatched_judgements": unmatched,
+        "killed_in_a_fresh_process": rechecked,
     }
+
+
+# ------------------------------------------------------- mutants of functions run at import
+
+RECHECK = "recheck.json"
+
+
+def import_time_functions(source: str) -> set[str]:
+    """Names of the module's functions that its top-level code calls (e.g. a registry entry's
+    ``build=_family(...)``): they run when the module is imported."""
+    called: set[str] = set()
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            continue
+        for sub in ast.walk(node):
+            if isinstance(sub, ast.Call) and isinstance(sub.func, ast.Name):
+                called.add(sub.func.id)
+    return called
+
+
+def recheck_import_time(folder: Path) -> dict[str, int]:
+    """Run each surviving mutant of an import-time function in a fresh process.
+
+    mutmut imports the code once and forks a child per mutant, which then switches its mutant
+    on; a function the module calls while being imported (a registry builder) has run before
+    the fork, so its mutants are never active and survive whatever the tests check. Here each
+    is switched on before Python starts (mutmut's MUTANT_UNDER_TEST), so that the import runs
+    the mutant, and the tests of the module's mirror file ``tests/<pkg>/test_<module>.py`` run
+    against it; their exit code is kept in ``recheck.json`` (1: killed)."""
+    results: dict[str, int] = {}
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(folder / "mutants" / "src"))
+    for meta_path in sorted((folder / "mutants").glob("src/**/*.py.meta")):
+        rel = meta_path.relative_to(folder / "mutants").as_posix()[: -len(".meta")]
+        funcs = import_time_functions((ROOT / rel).read_text())
+        parts = Path(rel).parts  # src/mnemeta/<pkg>/<module>.py
+        mirror = Path("tests", parts[2], f"test_{Path(rel).stem}.py")
+        if not funcs or not (ROOT / mirror).exists():
+            continue
+        meta = json.loads(meta_path.read_text())
+        keys = [
+            key
+            for key, code in sorted(meta["exit_code_by_key"].items(), key=_mutant_order)
+            if status(code) in ("survived", "no tests") and function_of(key)[0] in funcs
+        ]
+        cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", str(mirror)]
+        # The unmutated code must pass the file, or every mutant would look killed.
+        control = subprocess.run(
+            cmd, cwd=folder, env={**env, "MUTANT_UNDER_TEST": "none"}, capture_output=True
+        )
+        if keys and control.returncode != 0:
+            print(f"  {mirror} fails on the unmutated code; its mutants are not rechecked")
+            continue
+        for key in keys:
+            done = subprocess.run(
+                cmd, cwd=folder, env={**env, "MUTANT_UNDER_TEST": key}, capture_output=True
+            )
+            results[key] = done.returncode
+            print(f"  {key}: exit {done.returncode}", flush=True)
+    (folder / RECHECK).write_text(json.dumps(results, indent=1) + "\n")
+    return results
+
+
+def unmatched_judgements(
+    equivalents: list[dict[str, str]], matched: set[int], files: dict[str, Any]
+) -> list[dict[str, str]]:
+    """Judgements of this package's files that no surviving mutant matched, so that a stale one
+    is reported rather than silently kept: either its line is no longer in the source (the code
+    moved or changed: the mutant now there needs judging afresh), or the line is still there and
+    no survivor matches it (the mutant is now killed, or mutmut no longer generates it)."""
+    out = []
+    for entry in equivalents:
+        if entry.get("file") not in files or id(entry) in matched:
+            continue
+        source = {line.strip() for line in (ROOT / entry["file"]).read_text().splitlines()}
+        present = all(line in source for line in entry.get("original", "").split("\n"))
+        out.append(
+            {
+                "file": entry["file"],
+                "function": entry.get("function", ""),
+                "original": entry.get("original", ""),
+                "mutated": entry.get("mutated", ""),
+                "verdict": entry.get("verdict", ""),
+                "state": "line still in the source; no survivor matches (killed now)"
+                if present
+                else "stale: line no longer in the source (moved or changed)",
+            }
+        )
+    return out
 
 
 def _mutant_order(item: tuple[str, Any]) -> tuple[str, int]:
@@ -400,6 +506,57 @@ def _short_diff(diff: str) -> str:
         if line.startswith(("-", "+")):
             keep.update({i - 1, i, i + 1})
     return "\n".join(lines[i] for i in sorted(keep) if 0 <= i < len(lines))
+
+
+# ----------------------------------------------------------------------------- the file
+
+PROVENANCE = ("command", "machine", "date", "commit")
+SUMMARY = (
+    "mutants",
+    "killed",
+    "timeout",
+    "crashed",
+    "survived",
+    "no_tests",
+    "equivalent",
+    "score",
+    "tests",
+    "trees",
+)
+
+
+def to_file(record: dict[str, Any]) -> dict[str, Any]:
+    """One section per package, each with the ``header`` (command, machine, date, commit) of
+    the run that measured it: the file is written package by package, by several commands."""
+    out: dict[str, Any] = {"tool": record["tool"]}
+    for key in ("notes", "history"):
+        if record.get(key):
+            out[key] = record[key]
+    for name, p in record["packages"].items():
+        header = {k: p[k] for k in PROVENANCE}
+        out[name] = {"header": header, **{k: v for k, v in p.items() if k not in PROVENANCE}}
+    return out
+
+
+def from_file(data: dict[str, Any]) -> dict[str, Any]:
+    if "packages" in data:  # the first records' layout
+        return data
+    packages = {
+        name: {**v["header"], **{k: x for k, x in v.items() if k != "header"}}
+        for name, v in data.items()
+        if isinstance(v, dict) and "header" in v
+    }
+    return {
+        "tool": data.get("tool"),
+        "notes": data.get("notes", []),
+        "history": data.get("history", []),
+        "packages": packages,
+    }
+
+
+def summary(name: str, p: dict[str, Any]) -> dict[str, Any]:
+    """What an earlier measurement of a package is kept as once a new one replaces it."""
+    return {"package": name, **{k: p.get(k) for k in (*PROVENANCE, *SUMMARY)}}
 
 
 # ---------------------------------------------------------------------------- the markdown
@@ -434,13 +591,18 @@ def render_markdown(record: dict[str, Any]) -> str:
             f"| {', '.join(f'`{t}`' for t in p['tests'])} | {p['minutes']:.0f} | {p['date']} "
             f"| {p['commit'][:10]} |"
         )
+    notes = record.get("notes") or []
+    if notes:
+        out += ["", *[f"- {n}" for n in notes]]
     out += [
         "",
         "Each package is mutated against its own tests only (the *tests* column), so a mutant "
         "that only the CLI or recipe tests would notice counts as not killed here. "
-        "`tests/algorithms/test_compile.py` is left out of the `nn` and `algorithms` runs: "
-        "mutmut's trampoline in front of every mutated function reads a ContextVar, which "
-        "dynamo cannot trace, so its one-graph assertion fails on the unmutated code.",
+        "`tests/algorithms/test_compile.py` and "
+        "`tests/algorithms/test_inner_optim.py::test_compiles_to_one_graph` are left out of the "
+        "`nn` and `algorithms` runs: mutmut's trampoline in front of every mutated function "
+        "reads a ContextVar, which dynamo cannot trace, so their one-graph assertions fail on "
+        "the unmutated code.",
         "",
         "That the tests run the mutants, not the installed package: mutmut's forced-fail run "
         "(every mutated function raises) must fail the selected tests before any mutant is "
@@ -464,6 +626,29 @@ def render_markdown(record: dict[str, Any]) -> str:
         p = packages.get(name)
         if p:
             out.append(f"- {name}: `{p['command']}` on {p['machine']}")
+    history = record.get("history") or []
+    if history:
+        out += [
+            "",
+            "## Earlier measurements",
+            "",
+            "Each replaced by the one in the table above; kept to show what the tests added "
+            "since changed. *equivalent* is as judged when the row was written (the rows of "
+            "this branch's runs with today's judgements file).",
+            "",
+            "| package | mutants | killed | timeout | crashed | survived | no tests | equivalent "
+            "| score | tests/ tree | commit | date | command |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for h in history:
+            score = "—" if h.get("score") is None else f"{h['score']:.1f}%"
+            tree = (h.get("trees") or {}).get("tests", "")[:10]
+            out.append(
+                f"| {h['package']} | {h['mutants']} | {h['killed']} | {h['timeout']} "
+                f"| {h['crashed']} | {h['survived']} | {h['no_tests']} | {h['equivalent']} "
+                f"| {score} | {tree} | {str(h['commit'])[:10]} | {h['date']} "
+                f"| `{h['command']}` |"
+            )
     for name in PACKAGES:
         p = packages.get(name)
         if not p:
@@ -485,6 +670,25 @@ def render_markdown(record: dict[str, Any]) -> str:
             out += ["| test (described with each mutant below) | survivors it kills |", "|---|---|"]
             for test, count in sorted(wanted.items(), key=lambda kv: (-kv[1], kv[0])):
                 out.append(f"| `{test}` | {count} |")
+        unmatched = p.get("unmatched_judgements", [])
+        if unmatched:
+            out += [
+                "",
+                f"## {name}: judgements that no survivor matched",
+                "",
+                "Kept in `benchmarks/mutation_equivalent.toml` but used by no mutant of this run "
+                "(a stale one is not counted; a mutant on its moved line was judged afresh).",
+                "",
+                "| function | original → mutated | verdict | state |",
+                "|---|---|---|---|",
+            ]
+            for u in unmatched:
+                change = f"`{u['original']}` → `{u['mutated']}`".replace("|", "\\|")
+                change = change.replace("\n", " ⏎ ")
+                out.append(
+                    f"| `{u['file']}` `{u['function']}` | {change} | {u['verdict']} "
+                    f"| {u['state']} |"
+                )
         out += ["", f"## {name}: surviving mutants", ""]
         if not p["surviving"]:
             out.append("None.")
@@ -531,6 +735,12 @@ def main() -> None:
         action="store_true",
         help="re-read the finished runs in .mutation/ and rewrite the record, running nothing",
     )
+    ap.add_argument(
+        "--recheck-import-time",
+        action="store_true",
+        help="after the run, test the survivors of functions called at import in a fresh "
+        "process each (see recheck_import_time)",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS / "mutation.json")
     args = ap.parse_args()
     try:
@@ -541,7 +751,7 @@ def main() -> None:
 
     record: dict[str, Any] = {"packages": {}}
     if args.out.exists():
-        record = json.loads(args.out.read_text())
+        record = from_file(json.loads(args.out.read_text()))
     record["tool"] = f"mutmut {metadata.version('mutmut')}"
     command = "python benchmarks/mutation.py " + " ".join(sys.argv[1:])
 
@@ -554,6 +764,8 @@ def main() -> None:
         package = PACKAGES[name]
         folder = SCRATCH / name
         if args.report_only:
+            if args.recheck_import_time and (folder / "mutants").exists():
+                recheck_import_time(folder)
             previous = record["packages"].get(name)
             if previous is None or not (folder / "mutants").exists():
                 print(f"{name}: no finished run in {folder}", flush=True)
@@ -567,6 +779,8 @@ def main() -> None:
             log = folder / "mutmut.log"
             print(f"{name}: mutmut in {folder} (log: {log})", flush=True)
             rc, seconds, _ = run_mutmut(folder, args.jobs, log)
+            if args.recheck_import_time:
+                recheck_import_time(folder)
             result = collect(folder, name, package)
             if result["not_checked"] == result["mutants"]:
                 print(f"{name}: mutmut exited {rc} before testing any mutant; see {log}")
@@ -583,6 +797,9 @@ def main() -> None:
             result["trees"] = tested_trees(result["commit"])
             if rc != 0:
                 print(f"{name}: mutmut exited {rc}; see {log}", flush=True)
+        previous = record["packages"].get(name)
+        if previous is not None and not args.report_only:
+            record.setdefault("history", []).append(summary(name, previous))
         record["packages"][name] = result
         score = "—" if result["score"] is None else f"{result['score']:.1f}%"
         print(
@@ -592,7 +809,7 @@ def main() -> None:
             flush=True,
         )
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
+        args.out.write_text(json.dumps(to_file(record), indent=1, ensure_ascii=False) + "\n")
         args.out.with_suffix(".md").write_text(render_markdown(record))
 
 

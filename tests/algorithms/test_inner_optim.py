@@ -310,3 +310,34 @@ def test_compiles_to_one_graph() -> None:
     torch.testing.assert_close(
         compiled(theta[0], target[0], anchor[0], lr), eager, rtol=1e-12, atol=0
     )
+
+
+def test_chain_refuses_the_state_of_another_chain() -> None:
+    """A chain's state is one entry per transform; a state of a shorter chain (say, a resumed
+    optimiser built with another recipe) must fail, not silently drop the last transforms."""
+    params = {"w": _t(1.0, 2.0)}
+    grads = {"w": _t(0.5, 0.5)}
+    two = chain(sgd(0.1), memory_pull({"w": _t(0.0, 0.0)}, 0.5))
+    one = chain(sgd(0.1))
+    with pytest.raises(ValueError, match="zip"):
+        two.update(grads, one.init(params), params)
+    updates, state = two.update(grads, two.init(params), params)
+    assert len(updates) == 2 and len(state) == 2
+
+
+def test_adam_defaults_are_kingma_and_bas() -> None:
+    """adam(lr) is Algorithm 1 with β₁ = 0.9, β₂ = 0.999, ε = 1e-8 (the paper's defaults): two
+    steps against the reference; its step count stays a float64 CPU scalar even when tensors
+    are made elsewhere by default (meta here, as a GPU default device would)."""
+    grads = [0.5, -1.5]
+    theta = torch.tensor([1.0], dtype=F64)
+    opt = adam(0.01)
+    state = opt.init({"w": theta})
+    for g in grads:
+        theta_new, state = _step(opt, {"w": torch.tensor([g], dtype=F64)}, state, {"w": theta})
+        theta = theta_new["w"]
+    want = 1.0 + _adam_reference(grads, 0.01, 0.9, 0.999, 1e-8)  # the reference starts at 0
+    _close(theta, torch.tensor([want], dtype=F64))
+    with torch.device("meta"):
+        steps = adam(0.1).init({"w": torch.zeros(2)}).steps
+    assert steps.device.type == "cpu" and steps.dtype == F64

@@ -6,13 +6,16 @@ import pytest
 import torch
 from torch import nn
 
-from mnemeta.algorithms.maml import MAML, Classifier
-from mnemeta.algorithms.reptile import Reptile
+from mnemeta.algorithms.inner_loop import over_tasks
+from mnemeta.algorithms.maml import MAML, Classifier, MAMLConfig
+from mnemeta.algorithms.reptile import Reptile, ReptileConfig
 from mnemeta.data.glyphs import make_glyphs
 from mnemeta.data.sampler import EpisodeSampler
 from mnemeta.data.sinusoid import SinusoidTasks
 from mnemeta.episode import EpisodeBatch
+from mnemeta.errors import MnemetaError
 from mnemeta.nn import MLP, Conv4
+from mnemeta.registry import LEARNERS, BuildContext
 
 
 def _sinusoid_batch(tasks: int = 3) -> EpisodeBatch:
@@ -181,3 +184,116 @@ def test_reptile_loop_equals_vmap() -> None:
         out[strategy] = _meta_grads(learner, batch)
     for k in out["loop"]:
         torch.testing.assert_close(out["loop"][k], out["vmap"][k])
+
+
+def _context(per_task: list[bool]) -> BuildContext:
+    """A 3-way context for 1x16x16 images whose backbone records the statistics asked for."""
+
+    def backbone(*, per_task_statistics: bool) -> nn.Module:
+        per_task.append(per_task_statistics)
+        return Conv4(1, 4, track_running_stats=not per_task_statistics)
+
+    return BuildContext(input_shape=(1, 16, 16), outputs=3, backbone=backbone)
+
+
+@pytest.mark.parametrize(
+    "name,first_order,learn_lr,adapt",
+    [
+        ("maml", False, False, None),
+        ("fomaml", True, False, None),
+        ("metasgd", False, True, None),
+        ("anil", False, False, ("head.",)),
+    ],
+)
+def test_registered_maml_family_builds_from_its_config(
+    name: str, first_order: bool, learn_lr: bool, adapt: tuple[str, ...] | None
+) -> None:
+    """What the CLI builds for each name: every config key reaches the learner, the head has
+    n_way outputs over the backbone's features, BN uses per-task statistics (the MAML paper)."""
+    per_task: list[bool] = []
+    cfg = MAMLConfig(
+        inner_lr=0.3,
+        inner_steps=2,
+        eval_inner_steps=4,
+        eval_inner_lr=0.05,
+        strategy="loop",
+        task_chunk=7,
+    )
+    learner = LEARNERS.get(name).build(cfg, _context(per_task))
+    assert isinstance(learner, MAML) and isinstance(learner.model, Classifier)
+    assert per_task == [True]
+    assert (learner.inner_lr, learner.inner_steps) == (0.3, 2)
+    assert (learner.eval_inner_steps, learner.eval_inner_lr) == (4, 0.05)
+    assert (learner.strategy, learner.task_chunk) == ("loop", 7)
+    assert learner.first_order is first_order and learner.learn_inner_lr is learn_lr
+    assert learner.adapt_prefixes == adapt
+    head = learner.model.head
+    assert (head.in_features, head.out_features) == (4, 3)
+    assert isinstance(learner.model.encoder, Conv4)  # the backbone the context built
+    # Defaults: test-time settings as in training, and no chunking (0: all tasks at once).
+    default = LEARNERS.get(name).build(MAMLConfig(), _context([]))
+    assert (default.eval_inner_steps, default.eval_inner_lr) == (1, 0.4)
+    assert default.task_chunk == 0 and default.strategy == "auto"
+
+
+def test_registered_reptile_builds_from_its_config() -> None:
+    """What the CLI builds for reptile: every key reaches the learner (non-default values), test
+    time as in training when unset, BN with per-task statistics as for MAML."""
+    per_task: list[bool] = []
+    cfg = ReptileConfig(
+        inner_lr=0.02,
+        inner_steps=3,
+        inner_batch=4,
+        eval_inner_steps=7,
+        eval_inner_batch=2,
+        strategy="loop",
+    )
+    learner = LEARNERS.get("reptile").build(cfg, _context(per_task))
+    assert isinstance(learner, Reptile) and per_task == [True]
+    assert (learner.inner_lr, learner.inner_steps, learner.inner_batch) == (0.02, 3, 4)
+    assert (learner.eval_inner_steps, learner.eval_inner_batch) == (7, 2)
+    assert learner.strategy == "loop"
+    assert learner.model.head.out_features == 3
+    default = LEARNERS.get("reptile").build(ReptileConfig(inner_steps=6), _context([]))
+    assert default.eval_inner_steps == 6 and default.inner_lr == 1e-3
+
+
+def test_argument_errors_name_the_argument() -> None:
+    """MAML and Reptile refuse a bad argument when built, with the same messages; zero steps
+    and the smallest batch are allowed (a test-time evaluation without adaptation)."""
+    net = nn.Linear(2, 1)
+    for make in (MAML, Reptile):
+        with pytest.raises(
+            MnemetaError, match=r"^task must be 'classification' or 'regression'; got 'ranking'$"
+        ):
+            make(net, task="ranking")
+        with pytest.raises(
+            MnemetaError, match=r"^model\.strategy='gpu' is unknown; choose auto, vmap or loop$"
+        ):
+            make(net, strategy="gpu")
+    with pytest.raises(
+        MnemetaError,
+        match=r"^need inner_steps, eval_inner_steps >= 0 and task_chunk >= 0; got 2, -1, 0$",
+    ):
+        MAML(net, inner_steps=2, eval_inner_steps=-1)
+    with pytest.raises(MnemetaError, match=r"got -1, -1, 0$"):
+        MAML(net, inner_steps=-1)  # eval_inner_steps None: as in training
+    with pytest.raises(MnemetaError, match=r"got 1, 1, -2$"):
+        MAML(net, task_chunk=-2)
+    zero = MAML(net, inner_steps=0, eval_inner_steps=3, task_chunk=0)
+    assert (zero.inner_steps, zero.eval_inner_steps) == (0, 3)
+    with pytest.raises(
+        MnemetaError,
+        match=r"^need inner_steps, eval_inner_steps >= 0 and inner_batch, eval_inner_batch >= 1; "
+        r"got 2, -1, 3, 1$",
+    ):
+        Reptile(net, inner_steps=2, eval_inner_steps=-1, inner_batch=3, eval_inner_batch=1)
+    for bad in ({"inner_steps": -1}, {"inner_batch": 0}, {"eval_inner_batch": 0}):
+        with pytest.raises(MnemetaError, match="need inner_steps"):
+            Reptile(net, **bad)  # type: ignore[arg-type]
+    Reptile(net, inner_steps=0, eval_inner_steps=0, inner_batch=1, eval_inner_batch=1)
+
+
+def test_over_tasks_refuses_an_unknown_strategy() -> None:
+    with pytest.raises(MnemetaError, match=r"^strategy must be 'vmap' or 'loop'; got 'auto'$"):
+        over_tasks(lambda x: (x.sum(), x), [torch.zeros(2, 3)], strategy="auto")

@@ -8,7 +8,10 @@ import torch
 from torch import nn
 
 from mnemeta.algorithms import MatchingNet
+from mnemeta.algorithms.matching import MatchingConfig
 from mnemeta.episode import EpisodeBatch
+from mnemeta.nn import Conv4
+from mnemeta.registry import LEARNERS, BuildContext
 
 
 def test_attention_over_support_by_hand() -> None:
@@ -43,3 +46,22 @@ def test_full_context_embeddings_run_and_differ() -> None:
     assert torch.isfinite(loss_fce) and not torch.isclose(loss_plain, loss_fce)
     assert fce.query_cell.weight_ih.grad is not None
     assert fce.support_lstm.weight_ih_l0.grad is not None
+
+
+def test_registered_matching_builds_from_its_config() -> None:
+    """What the CLI builds: fce, its steps and the cosine scale from the config; the FCE
+    LSTMs sized by the backbone's features (4 x 1 x 1 for Conv4(1, 4) on 16 x 16); BN with
+    running statistics."""
+    asked: list[bool] = []
+
+    def backbone(*, per_task_statistics: bool) -> nn.Module:
+        asked.append(per_task_statistics)
+        return Conv4(1, 4, track_running_stats=not per_task_statistics)
+
+    ctx = BuildContext(input_shape=(1, 16, 16), backbone=backbone)
+    net = LEARNERS.get("matching").build(MatchingConfig(fce=True, fce_steps=3, scale=2.5), ctx)
+    assert isinstance(net, MatchingNet) and asked == [False]
+    assert (net.fce, net.fce_steps, net.scale) == (True, 3, 2.5)
+    assert net.query_cell.hidden_size == 4 and net.query_cell.input_size == 8
+    plain = LEARNERS.get("matching").build(MatchingConfig(), ctx)
+    assert (plain.fce, plain.fce_steps, plain.scale) == (False, 5, 10.0)

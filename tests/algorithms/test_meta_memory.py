@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from torch import nn
 
 from mnemeta.algorithms import ProtoNet
-from mnemeta.algorithms.meta_memory import MetaMemoryNet
+from mnemeta.algorithms.meta_memory import MetaMemoryConfig, MetaMemoryNet
 from mnemeta.data.glyphs import make_glyphs
 from mnemeta.data.sampler import EpisodeSampler
 from mnemeta.episode import EpisodeBatch, Support
 from mnemeta.nn import Conv4
+from mnemeta.registry import LEARNERS, BuildContext
 
 
 def test_no_hops_no_steps_no_vote_is_protonet() -> None:
@@ -69,3 +71,30 @@ def test_one_fine_tuning_step_and_one_hop_by_hand() -> None:
     batch = EpisodeBatch(sx, sy, qx, torch.tensor([[0]]), 2)
     loss, _ = mmn.meta_loss(batch)
     torch.testing.assert_close(loss, -expected.log_softmax(-1)[0], rtol=1e-7, atol=1e-7)
+
+
+def test_registered_meta_memory_builds_from_its_config() -> None:
+    """What the CLI builds: every key reaches the network (non-default values), the feature
+    size is the backbone's (4 for Conv4(1, 4) on 16 x 16), BN keeps running statistics."""
+    asked: list[bool] = []
+
+    def backbone(*, per_task_statistics: bool) -> nn.Module:
+        asked.append(per_task_statistics)
+        return Conv4(1, 4, track_running_stats=not per_task_statistics)
+
+    ctx = BuildContext(input_shape=(1, 16, 16), backbone=backbone)
+    cfg = MetaMemoryConfig(
+        hops=3, inner_lr=0.2, inner_steps=2, eval_inner_steps=5, strength=4.0, first_order=True
+    )
+    net = LEARNERS.get("meta_memory").build(cfg, ctx)
+    assert isinstance(net, MetaMemoryNet) and asked == [False]
+    assert (net.feature_dim, net.hops, net.inner_steps, net.eval_inner_steps) == (4, 3, 2, 5)
+    assert net.first_order is True and len(net.hop_maps) == 3
+    assert math.isclose(float(net.log_strength.detach().exp()), 4.0, rel_tol=1e-6)
+    assert torch.allclose(net.step_weight, torch.full((4,), 0.2))
+    assert float(net.step_bias.detach()) == pytest.approx(0.2)
+    plain = LEARNERS.get("meta_memory").build(MetaMemoryConfig(), ctx)
+    assert (plain.hops, plain.inner_steps, plain.eval_inner_steps) == (2, 1, 1)
+    assert plain.first_order is False
+    assert math.isclose(float(plain.log_strength.detach().exp()), 10.0, rel_tol=1e-6)
+    assert float(plain.step_bias.detach()) == pytest.approx(0.01)

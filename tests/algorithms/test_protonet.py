@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from torch import nn
 
 from mnemeta.algorithms import ProtoNet, prototypes, squared_euclidean
+from mnemeta.algorithms.protonet import ProtoNetConfig
 from mnemeta.episode import EpisodeBatch, Support
+from mnemeta.errors import MnemetaError
+from mnemeta.registry import LEARNERS, BuildContext
 
 
 def test_prototypes_are_class_means_in_any_order() -> None:
@@ -36,3 +40,27 @@ def test_meta_loss_by_hand_with_identity_encoder() -> None:
     assert metrics["accuracy"].item() == 1.0
     logits = learner.adapt(Support(support, torch.tensor([[0, 1]]), 2))(query)
     torch.testing.assert_close(logits, torch.tensor([[[-0.25, -2.25]]]))
+
+
+def test_registered_protonet_builds_from_its_config() -> None:
+    """What the CLI builds: the configured distance (the paper's squared Euclidean by default)
+    over the backbone, whose BN keeps running statistics for evaluation."""
+    asked: list[bool] = []
+
+    def backbone(*, per_task_statistics: bool) -> nn.Module:
+        asked.append(per_task_statistics)
+        return nn.Flatten()
+
+    ctx = BuildContext(input_shape=(4,), backbone=backbone)
+    net = LEARNERS.get("protonet").build(ProtoNetConfig(distance="cosine"), ctx)
+    assert isinstance(net, ProtoNet) and net.distance == "cosine" and asked == [False]
+    assert isinstance(net.encoder, nn.Flatten)
+    assert LEARNERS.get("protonet").build(ProtoNetConfig(), ctx).distance == "sqeuclidean"
+
+
+def test_unknown_distance_message() -> None:
+    with pytest.raises(
+        MnemetaError,
+        match=r"^model\.distance='manhattan' is unknown; choose sqeuclidean or cosine$",
+    ):
+        ProtoNet(nn.Flatten(), distance="manhattan")

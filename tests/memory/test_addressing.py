@@ -134,3 +134,58 @@ def test_one_hot_shift_is_a_permutation(rows: int, offset: int, seed: int) -> No
     shifted = circular_shift(w, s)
     torch.testing.assert_close(shifted, torch.roll(w, offset, dims=-1))
     torch.testing.assert_close(shifted.sort(-1).values, w.sort(-1).values)
+
+
+def _cosines(memory: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """u·v / (‖u‖‖v‖ + 1e-8) for every key and row, by loops in float64 (the 1e-8 guard keeps
+    a zero row finite; at 1e-12 its sign shows)."""
+    out = torch.zeros(keys.shape[0], keys.shape[1], memory.shape[1], dtype=D)
+    for b in range(keys.shape[0]):
+        for h in range(keys.shape[1]):
+            for i in range(memory.shape[1]):
+                u, v = keys[b, h], memory[b, i]
+                out[b, h, i] = (u @ v) / (u.norm() * v.norm() + 1e-8)
+    return out
+
+
+def test_cosine_similarity_float64_reference() -> None:
+    g = torch.Generator().manual_seed(0)
+    memory = torch.randn(2, 5, 3, generator=g, dtype=D) * 0.01  # small norms: the guard shows
+    keys = torch.randn(2, 2, 3, generator=g, dtype=D) * 0.01
+    torch.testing.assert_close(
+        cosine_similarity(memory, keys), _cosines(memory, keys), rtol=1e-12, atol=1e-14
+    )
+    zero = torch.zeros(1, 2, 3, dtype=D)  # a wiped row: cosine 0, not NaN
+    assert (cosine_similarity(zero, keys[:1]) == 0).all()
+
+
+def test_content_weights_default_strength_is_one() -> None:
+    """β = 1 unless given (Santoro et al.'s LRUA reads): softmax of the plain cosines."""
+    g = torch.Generator().manual_seed(1)
+    memory = torch.randn(2, 5, 3, generator=g, dtype=D)
+    keys = torch.randn(2, 2, 3, generator=g, dtype=D)
+    want = torch.softmax(_cosines(memory, keys), dim=-1)
+    torch.testing.assert_close(content_weights(memory, keys), want, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(
+        content_weights(memory, keys, 2.5), torch.softmax(2.5 * _cosines(memory, keys), -1)
+    )
+
+
+def test_circular_shift_on_the_weights_device() -> None:
+    """The shift's index tensors are made on the weights' device (meta runs on a CPU-only
+    machine; indexing a meta tensor with a CPU index tensor fails there as on a GPU)."""
+    meta = torch.device("meta")
+    w = torch.zeros(2, 3, 6, device=meta)
+    s = torch.zeros(2, 3, 3, device=meta)
+    out = circular_shift(w, s)
+    assert out.device == meta and out.shape == (2, 3, 6)
+
+
+def test_sharpen_of_exact_zeros_is_finite() -> None:
+    """A one-hot weighting (exact zeros) with a non-integer γ stays finite and equals
+    (w + 1e-8)^γ / Σ (w + 1e-8)^γ; without the guard, 0^γ is fine but w − 1e-8 < 0 is NaN."""
+    w = t([[[0.0, 1.0, 0.0, 0.0]]])
+    got = sharpen(w, t([[2.5]]))
+    powered = (w + 1e-8) ** 2.5
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, powered / powered.sum(-1, keepdim=True), rtol=1e-12, atol=0)

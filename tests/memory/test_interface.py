@@ -12,7 +12,7 @@ from torch.nn import functional as F
 
 from mnemeta.algorithms.mann import MemoryAugmentedNetwork
 from mnemeta.errors import ConfigError
-from mnemeta.memory import LRUAConfig, LRUAMemory, Memory, NTMMemory, NTMMemoryConfig
+from mnemeta.memory import LRUAConfig, LRUAMemory, Memory, NTMMemory, NTMMemoryConfig, lrua
 from mnemeta.memory.interface import check_raw
 from mnemeta.registry import MEMORIES, MemorySpec
 
@@ -270,3 +270,124 @@ def test_a_newly_registered_memory_is_built_by_name(monkeypatch: pytest.MonkeyPa
     monkeypatch.setitem(MEMORIES._entries, tape.name, tape)
     with pytest.raises(ConfigError, match="memory 'tape' reads length, which"):
         MemoryAugmentedNetwork(5, 3, memory="tape")
+
+
+def test_wrong_width_message_names_the_memory_and_the_fix() -> None:
+    memory = LRUAMemory(LRUAConfig(rows=4, width=2, read_heads=1))
+    state = memory.init_state(2, "cpu", torch.float32)
+    with pytest.raises(
+        ValueError,
+        match=rf"^LRUAMemory\.step takes raw head outputs of shape \(batch, raw_size="
+        rf"{memory.raw_size}\), got \(2, 9\); size the controller's head layer as "
+        r"nn\.Linear\(controller, memory\.raw_size\)$",
+    ):
+        memory.step(state, torch.zeros(2, 9))
+
+
+def test_no_memory_state_on_the_asked_device_and_dtype() -> None:
+    """The LSTM baseline's empty state: (B, 0) reads and (B, 0, 0) weights, on the device and of
+    the dtype asked (meta: made on the CPU by default it would fail there as on a GPU)."""
+    memory = MEMORIES.get("none").build(MEMORIES.get("none").config())
+    for device, dtype in [
+        (torch.device("meta"), torch.float32),
+        (torch.device("cpu"), torch.float64),
+    ]:
+        state = memory.init_state(3, device, dtype)
+        assert state.reads.shape == (3, 0) and state.weights.shape == (3, 0, 0)
+        for x in state:
+            assert x.device == device and x.dtype == dtype
+        reads, _, w_read, w_write = memory.step(
+            state, torch.zeros(3, 0, device=device, dtype=dtype)
+        )
+        assert reads.shape == (3, 0) and w_read.shape == w_write.shape == (3, 0, 0)
+
+
+def test_lrua_memory_step_is_the_pure_step_with_its_config() -> None:
+    """Without key strength the reads use β = 1 (the paper's equation) and the usage decays by
+    the configured γ (0.5 here, not the function's default 0.95)."""
+    memory = LRUAMemory(
+        LRUAConfig(rows=5, width=3, read_heads=2, usage_decay=0.5, key_strength=False)
+    )
+    g = torch.Generator().manual_seed(0)
+    state = memory.init_state(2, "cpu", torch.float64)
+    raw = torch.randn(2, memory.raw_size, generator=g, dtype=torch.float64)
+    for _ in range(2):  # the second step starts from a used memory, where γ shows
+        reads, new, _, _ = memory.step(state, raw)
+        per_head = raw.view(2, 2, memory.per_head)
+        want = lrua.step(
+            state, torch.tanh(per_head[..., :3]), per_head[..., 3], decay=0.5, strength=1.0
+        )
+        torch.testing.assert_close(reads, want[0].reshape(2, -1), rtol=0, atol=0)
+        torch.testing.assert_close(new.usage, want[1].usage, rtol=0, atol=0)
+        state = new
+
+
+def test_config_bounds_are_inclusive_where_documented() -> None:
+    """As many heads as rows, γ of 0 or 1, any positive initial strength and shift range 0 are
+    valid; the messages name the key."""
+    LRUAConfig(rows=4, read_heads=4)
+    LRUAConfig(usage_decay=0.0)
+    LRUAConfig(usage_decay=1.0)
+    LRUAConfig(initial_strength=0.5)
+    NTMMemoryConfig(shift_range=0)
+    with pytest.raises(
+        ConfigError,
+        match=r"LRUA memory: initial_strength is a softplus output and must be > 0, got 0\.0",
+    ):
+        LRUAConfig(initial_strength=0.0)
+
+
+def test_memory_argument_messages_in_full(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every refusal of MemoryAugmentedNetwork's memory argument, word for word."""
+    names = ", ".join(MEMORIES.names())
+    with pytest.raises(
+        ConfigError,
+        match=rf"^memory must be a name \({names}\) or an object with raw_size, read_size, "
+        r"init_head_bias, init_state and step; got 5$",
+    ):
+        MemoryAugmentedNetwork(5, 3, memory=5)  # type: ignore[arg-type]
+    with pytest.raises(
+        ConfigError,
+        match=r"^memory is an object, which carries its own keys, but width was given to "
+        r"MemoryAugmentedNetwork too; set them in the memory's config instead$",
+    ):
+        MemoryAugmentedNetwork(5, 3, memory=LRUAMemory(), width=3)
+    with pytest.raises(
+        ConfigError,
+        match=r"^memory is an object, which carries its own keys, but rows, width were given",
+    ):
+        MemoryAugmentedNetwork(5, 3, memory=LRUAMemory(), rows=4, width=3)
+    with pytest.raises(
+        ConfigError, match=rf"^memory must be one of {names} \(or a memory object\); got 'tape'$"
+    ):
+        MemoryAugmentedNetwork(5, 3, memory="tape")
+    tape = MemorySpec("tape", _TapeConfig, "test", build=lambda c: None)
+    monkeypatch.setitem(MEMORIES._entries, tape.name, tape)
+    with pytest.raises(
+        ConfigError,
+        match=r"^memory 'tape' reads length, which MemoryAugmentedNetwork takes no argument "
+        r"for; build it \(MEMORIES\.get\('tape'\)\.build\(config\)\) and pass the object as "
+        r"memory=$",
+    ):
+        MemoryAugmentedNetwork(5, 3, memory="tape")
+
+
+def test_a_memory_with_one_raw_output_gets_a_head_layer(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = MemorySpec("running_sum", _SumConfig, "test", build=_RunningSum)
+    monkeypatch.setitem(MEMORIES._entries, spec.name, spec)
+    net = MemoryAugmentedNetwork(5, 3, controller=8, memory="running_sum", width=1)
+    assert net.memory.raw_size == 1
+    assert net.heads is not None and net.heads.out_features == 1
+
+
+@dataclasses.dataclass
+class _TwoTapesConfig:
+    length: int = 5  # two keys the network has no keyword argument for
+    speed: int = 1
+
+
+def test_unread_keys_are_all_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = MemorySpec("tapes", _TwoTapesConfig, "test", build=lambda c: None)
+    monkeypatch.setitem(MEMORIES._entries, spec.name, spec)
+    with pytest.raises(ConfigError, match=r"^memory 'tapes' reads length, speed, which "):
+        MemoryAugmentedNetwork(5, 3, memory="tapes")

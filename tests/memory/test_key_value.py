@@ -147,3 +147,55 @@ def test_sharp_write_then_read_of_the_same_key_returns_its_value(
     # With β = 1000 and a margin of 0.05 the other rows weigh at most n·e^-50 together.
     torch.testing.assert_close(value[0, 0], values[0, target], rtol=0, atol=1e-12)
     assert weights[0, 0, target] > 1 - 1e-12
+
+
+def test_key_value_state_follows_device_and_dtype() -> None:
+    """The state after init, a write and a read on the asked device and of the asked dtype (meta
+    runs on a CPU-only machine and fails on a CPU tensor as a GPU would; float64 shows a tensor
+    made in the default float32): keys and values written in float32 are stored in the
+    memory's dtype."""
+    for device, dtype in [
+        (torch.device("meta"), torch.float32),
+        (torch.device("cpu"), torch.float64),
+    ]:
+        state = kv.init_state(2, 4, 3, 2, device=device, dtype=dtype)
+        assert state.keys.shape == (2, 4, 3) and state.values.shape == (2, 4, 2)
+        state = kv.write(
+            state, torch.ones(2, 3, 3, device=device), torch.ones(2, 3, 2, device=device)
+        )
+        value, weights = kv.read(state, torch.ones(2, 1, 3, device=device, dtype=dtype))
+        for x in (state.keys, state.values, value, weights):
+            assert x.device == device and x.dtype == dtype, (device, dtype, x.device, x.dtype)
+        assert state.written == 3 and weights.shape == (2, 1, 4)
+    assert kv.init_state(1, 2, 3, 1).keys.dtype == torch.float32
+
+
+def test_overflowing_write_counts_every_row() -> None:
+    """``written`` is the number of rows written so far, not capped at the capacity: 3 + 7
+    rows into 4 slots keep the last 4 (rows 6..9 at slots 2, 3, 0, 1) and count 10."""
+    state = kv.init_state(1, 4, 1, 1, dtype=torch.float64)
+    rows = torch.arange(10, dtype=torch.float64).view(1, 10, 1)
+    state = kv.write(state, rows[:, :3], rows[:, :3])
+    assert state.written == 3
+    state = kv.write(state, rows[:, 3:], rows[:, 3:] * 10)
+    assert state.written == 10
+    assert state.keys.flatten().tolist() == [8.0, 9.0, 6.0, 7.0]
+    assert state.values.flatten().tolist() == [80.0, 90.0, 60.0, 70.0]
+    big = kv.write(kv.init_state(1, 4, 1, 1), rows[:, :7].float(), rows[:, :7].float())
+    assert big.written == 7 and big.keys.flatten().tolist() == [4.0, 5.0, 6.0, 3.0]
+
+
+def test_read_default_strength_is_one() -> None:
+    """β = 1 unless given: weights are softmax of the cosines (1 and 0 for q = (1, 0) against
+    rows (1, 0) and (0, 2)): e / (e + 1) and 1 / (e + 1)."""
+    state = _memory([[1.0, 0.0], [0.0, 2.0]], [[1.0, 2.0], [3.0, 4.0]], capacity=3)
+    _, weights = kv.read(state, torch.tensor([[[1.0, 0.0]]], dtype=torch.float64))
+    e = math.e
+    want = torch.tensor([[[e / (e + 1), 1 / (e + 1), 0.0]]], dtype=torch.float64)
+    # cosine's 1e-8 guard moves the first weight by ~1e-9
+    torch.testing.assert_close(weights, want, rtol=0, atol=1e-8)
+
+
+def test_read_of_empty_memory_is_an_error() -> None:
+    with pytest.raises(ValueError, match="read from an empty key-value memory; write to it first"):
+        kv.read(kv.init_state(1, 2, 3, 1), torch.ones(1, 1, 3))

@@ -137,3 +137,107 @@ def test_read_weights_are_a_distribution(rows: int, heads: int, seed: int) -> No
         _, state, w_read, w_write = lrua.step(state, keys, torch.randn(2, heads, generator=g))
         assert (w_read >= 0).all() and (w_write >= 0).all()
         torch.testing.assert_close(w_read.sum(-1), torch.ones(2, heads))
+
+
+def _cosine_softmax(memory: torch.Tensor, keys: torch.Tensor, beta: float) -> torch.Tensor:
+    """softmax_i(β · k·Mᵢ / (‖k‖‖Mᵢ‖ + 1e-8)) written with loops, float64 (Santoro et al.,
+    eq. 2; the library's 1e-8 keeps a zero row finite and shows at 1e-10 here)."""
+    b, h, n = keys.shape[0], keys.shape[1], memory.shape[1]
+    out = torch.zeros(b, h, n, dtype=D)
+    for i in range(b):
+        for j in range(h):
+            k = keys[i, j]
+            logits = torch.stack(
+                [
+                    beta * (k @ memory[i, r]) / (k.norm() * memory[i, r].norm() + 1e-8)
+                    for r in range(n)
+                ]
+            )
+            out[i, j] = logits.exp() / logits.exp().sum()
+    return out
+
+
+def _state(seed: int = 0) -> lrua.LRUAState:
+    g = torch.Generator().manual_seed(seed)
+    s = lrua.init_state(2, 5, 3, heads=2, dtype=D)
+    usage = torch.rand(2, 5, generator=g, dtype=D)
+    return s._replace(
+        memory=torch.randn(2, 5, 3, generator=g, dtype=D),
+        usage=usage,
+        read_weights=torch.softmax(torch.randn(2, 2, 5, generator=g, dtype=D), -1),
+        least_used=lrua.least_used_weights(usage, 2),
+    )
+
+
+def test_lrua_read_uses_its_strength_and_defaults_to_one() -> None:
+    """β = 1 by default (the paper's equation); another β scales every cosine."""
+    s = _state()
+    keys = torch.randn(2, 2, 3, generator=torch.Generator().manual_seed(1), dtype=D)
+    for beta in (1.0, 3.0):
+        values, weights = lrua.read(s, keys, beta) if beta != 1.0 else lrua.read(s, keys)
+        want = _cosine_softmax(s.memory, keys, beta)
+        torch.testing.assert_close(weights, want, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(values, want @ s.memory, rtol=1e-10, atol=1e-12)
+
+
+def test_lrua_step_default_decay_and_strength() -> None:
+    """One step from a used memory: usage = γ u + Σ_heads reads + Σ_heads writes with Santoro et
+    al.'s γ = 0.95 by default, and the reads take the step's β."""
+    s = _state()
+    g = torch.Generator().manual_seed(2)
+    keys = torch.randn(2, 2, 3, generator=g, dtype=D)
+    gate = torch.randn(2, 2, generator=g, dtype=D)
+    _, new, w_read, w_write = lrua.step(s, keys, gate)
+    torch.testing.assert_close(
+        new.usage, 0.95 * s.usage + w_read.sum(1) + w_write.sum(1), rtol=1e-12, atol=1e-12
+    )
+    written, _ = lrua.write(s, keys, gate)
+    torch.testing.assert_close(
+        w_read, _cosine_softmax(written.memory, keys, 1.0), rtol=1e-10, atol=1e-12
+    )
+    values3, new3, w_read3, _ = lrua.step(s, keys, gate, strength=3.0, decay=0.5)
+    torch.testing.assert_close(
+        w_read3, _cosine_softmax(written.memory, keys, 3.0), rtol=1e-10, atol=1e-12
+    )
+    torch.testing.assert_close(values3, w_read3 @ written.memory, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(
+        new3.usage, 0.5 * s.usage + w_read3.sum(1) + w_write.sum(1), rtol=1e-12, atol=1e-12
+    )
+
+
+def test_lrua_init_state_has_one_head_by_default() -> None:
+    s = lrua.init_state(2, 5, 3)
+    assert s.read_weights.shape == (2, 1, 5) and s.least_used.shape == (2, 5)
+    torch.testing.assert_close(s.least_used, torch.tensor([[1.0, 0, 0, 0, 0]] * 2))
+    assert s.memory.dtype == torch.float32 and (s.usage == 0).all() and (s.read_weights == 0).all()
+
+
+def test_least_used_ties_go_to_the_lowest_rows() -> None:
+    """The docstring's tie rule (a fresh memory fills in row order) on a long row: a plain
+    (unstable) sort of 2,000 entries with ties does not keep them in row order."""
+    usage = torch.ones(2, 2000)
+    usage[0, 1500:] = 0.5  # 500 tied smallest entries: rows 1500, 1501, 1502 win
+    usage[1, ::7] = 0.0  # rows 0, 7, 14 win
+    got = lrua.least_used_weights(usage, 3)
+    assert got.sum(1).tolist() == [3.0, 3.0]
+    assert got[0].nonzero().flatten().tolist() == [1500, 1501, 1502]
+    assert got[1].nonzero().flatten().tolist() == [0, 7, 14]
+
+
+def test_lrua_state_follows_device_and_dtype() -> None:
+    """Every state tensor, and every output of a step, is on the asked device and of the asked
+    dtype: meta runs on a CPU-only machine and a tensor made on the CPU by default fails there as
+    on a GPU; float64 shows a tensor made in the default float32."""
+    for device, dtype in [(torch.device("meta"), torch.float32), (torch.device("cpu"), D)]:
+        s = lrua.init_state(2, 5, 3, heads=2, device=device, dtype=dtype)
+        assert s.memory.shape == (2, 5, 3) and s.usage.shape == (2, 5)
+        assert s.read_weights.shape == (2, 2, 5) and s.least_used.shape == (2, 5)
+        keys = torch.zeros(2, 2, 3, device=device, dtype=dtype)
+        gate = torch.zeros(2, 2, device=device, dtype=dtype)
+        out = lrua.step(s, keys, gate)
+        memory = lrua.LRUAMemory(lrua.LRUAConfig(rows=5, width=3, read_heads=2))
+        m_state = memory.init_state(2, device, dtype)
+        m_out = memory.step(m_state, torch.zeros(2, memory.raw_size, device=device, dtype=dtype))
+        tensors = [*s, out[0], *out[1], out[2], out[3], *m_state, m_out[0], *m_out[1]]
+        for x in tensors:
+            assert x.device == device and x.dtype == dtype, (device, dtype, x.device, x.dtype)

@@ -82,3 +82,32 @@ def test_sharp_write_then_read_returns_the_value(
     assume(bool((cos < 0.9).all()))
     w = content_weights(written, value, 500.0)
     torch.testing.assert_close(ntm.read_memory(written, w), value, atol=1e-6, rtol=1e-6)
+
+
+def test_init_state_shapes_with_several_write_heads() -> None:
+    """write_heads=2: each write head starts on row 0 too, one weighting per head."""
+    s = ntm.init_state(2, 5, 3, read_heads=1, write_heads=2)
+    assert s.write_weights.shape == (2, 2, 5) and s.read_weights.shape == (2, 1, 5)
+    one_hot = t([1.0, 0.0, 0.0, 0.0, 0.0]).float()
+    assert torch.equal(s.write_weights, one_hot.expand(2, 2, 5))
+    assert torch.equal(s.read_weights, one_hot.expand(2, 1, 5))
+    default = ntm.init_state(2, 5, 3)
+    assert default.read_weights.shape == default.write_weights.shape == (2, 1, 5)
+    assert default.memory.dtype == torch.float32
+
+
+def test_ntm_state_follows_device_and_dtype() -> None:
+    """Every state tensor and every output of a step on the asked device and of the asked
+    dtype: meta runs on a CPU-only machine and a tensor made on the CPU by default fails there
+    as on a GPU; float64 shows a tensor made in the default float32."""
+    memory = ntm.NTMMemory(ntm.NTMMemoryConfig(rows=5, width=3, read_heads=2, write_heads=2))
+    for device, dtype in [(torch.device("meta"), torch.float32), (torch.device("cpu"), D)]:
+        s = ntm.init_state(2, 5, 3, read_heads=2, write_heads=2, device=device, dtype=dtype)
+        m_state = memory.init_state(2, device, dtype)
+        assert m_state.read_weights.shape == m_state.write_weights.shape == (2, 2, 5)
+        reads, new, w_read, w_write = memory.step(
+            m_state, torch.zeros(2, memory.raw_size, device=device, dtype=dtype)
+        )
+        assert new.read_weights.shape == (2, 2, 5) and reads.shape == (2, 6)
+        for x in [*s, *m_state, reads, *new, w_read, w_write]:
+            assert x.device == device and x.dtype == dtype, (device, dtype, x.device, x.dtype)

@@ -18,7 +18,8 @@ from mnemeta.data.glyphs import make_glyphs
 from mnemeta.data.sampler import EpisodeSampler
 from mnemeta.episode import EpisodeBatch
 from mnemeta.errors import MnemetaError
-from mnemeta.nn import DropBlock, ResidualBlock, ResNet12, resnet12
+from mnemeta.nn import BatchNorm, DropBlock, ResidualBlock, ResNet12, resnet12
+from mnemeta.registry import BACKBONES
 
 SMALL = (2, 3, 4, 5)
 
@@ -295,3 +296,185 @@ def test_dropblock_refuses_bad_settings() -> None:
         DropBlock(0.1, 0)
     with pytest.raises(MnemetaError, match="channels"):
         ResNet12(3, ())
+
+
+# ---- construction: defaults, every argument passed on, initialisation ----
+
+
+def _norms(model: nn.Module) -> list[BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, BatchNorm)]
+
+
+def _drops(model: ResNet12) -> list[tuple[float, int]]:
+    return [(b.dropblock.drop_rate, b.dropblock.block_size) for b in model.blocks]
+
+
+def test_resnet12_defaults_and_builders() -> None:
+    """ResNet12() and resnet12() are TADAM's / MetaOptNet's: 3 input channels, 64-160-320-640,
+    global average pool, no dropping (DropBlock of 5 in the last two blocks, dropout before),
+    running BN statistics, channels_last weights; every argument reaches the blocks."""
+    for model in (ResNet12(), resnet12()):
+        assert model.in_channels == 3 and model.channels == (64, 160, 320, 640)
+        assert model.avg_pool is True and model.out_features((3, 84, 84)) == 640
+        assert _drops(model) == [(0.0, 1), (0.0, 1), (0.0, 5), (0.0, 5)]
+        assert all(b.running_mean is not None and b.primitive is None for b in _norms(model))
+        assert model.channels_last is True
+        assert model.blocks[0].conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    custom = resnet12(
+        2,
+        (2, 3, 4),
+        avg_pool=False,
+        drop_rate=0.2,
+        dropblock_size=3,
+        track_running_stats=False,
+        primitive_bn=True,
+    )
+    assert custom.in_channels == 2 and custom.channels == (2, 3, 4) and custom.avg_pool is False
+    assert _drops(custom) == [(0.2, 1), (0.2, 3), (0.2, 3)]
+    assert len(_norms(custom)) == 3 * 4  # three BNs on the main path, one on the shortcut
+    assert all(b.running_mean is None and b.primitive is True for b in _norms(custom))
+    assert custom.blocks[0].conv1.in_channels == 2 and custom.blocks[2].conv3.out_channels == 4
+    assert custom.out_features((2, 16, 16)) == 4 * 2 * 2
+
+
+def test_registered_resnet12_builds_from_its_config() -> None:
+    spec = BACKBONES.get("resnet12")
+    cfg = spec.config(channels=(2, 3), avg_pool=False, drop_rate=0.3, dropblock_size=2)
+    per_task = spec.build(cfg, 1, per_task_statistics=True)
+    assert per_task.in_channels == 1 and per_task.channels == (2, 3)
+    assert per_task.avg_pool is False and _drops(per_task) == [(0.3, 2), (0.3, 2)]
+    assert all(b.running_mean is None for b in _norms(per_task))
+    shared = spec.build(spec.config(), 3, per_task_statistics=False)
+    assert shared.channels == (64, 160, 320, 640) and shared.avg_pool is True
+    assert all(b.running_mean is not None for b in _norms(shared))
+
+
+def test_width_one_blocks_are_allowed() -> None:
+    model = ResNet12(1, (1, 1), channels_last=False).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 1, 8, 8)).shape == (2, 1)
+    with pytest.raises(MnemetaError, match="one positive width per block; got \\(2, 0\\)"):
+        ResNet12(1, (2, 0))
+
+
+def test_he_initialisation_for_the_leaky_relu() -> None:
+    """Every conv weight ~ N(0, gain² / fan_out) with gain = sqrt(2 / (1 + 0.1²)) (LeakyReLU
+    0.1, fan_out as MetaOptNet). Pooled over ~3.3M weights, the standardised values' std is 1
+    within 5 sigma = 5 / sqrt(2 N) = 0.2%; slope 0 (gain sqrt 2) would be 0.5% off, fan_in 41%
+    off on the 256 -> 512 convs."""
+    torch.manual_seed(0)
+    model = ResNet12(3, (256, 512), channels_last=False)
+    gain = math.sqrt(2.0 / (1 + 0.1**2))
+    z = []
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            fan_out = m.out_channels * m.kernel_size[0] * m.kernel_size[1]
+            z.append(m.weight.detach().flatten() / (gain / math.sqrt(fan_out)))
+            assert m.bias is None  # a BatchNorm follows every conv
+    pooled = torch.cat(z)
+    assert abs(float(pooled.std()) - 1.0) < 5 / math.sqrt(2 * pooled.numel())
+
+
+def test_resnet12_channels_last_layout() -> None:
+    """As Conv4's: weights and the first conv's input channels_last by default for a plain
+    (N, C, H, W) batch; neither with channels_last=False."""
+    seen: list[bool] = []
+    x = torch.randn(2, 3, 16, 16)
+    for channels_last in (True, False):
+        model = ResNet12(3, (2, 3), channels_last=channels_last).eval()
+        assert model.channels_last is channels_last
+        w = model.blocks[0].conv1.weight
+        assert w.is_contiguous(memory_format=torch.channels_last) is channels_last
+        handle = model.blocks[0].conv1.register_forward_pre_hook(
+            lambda _m, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last))
+        )
+        with torch.no_grad():
+            model(x)
+        handle.remove()
+        assert seen.pop() is channels_last
+
+
+def test_residual_block_float64_reference() -> None:
+    """One block in train mode against the same computation written out with the functional
+    ops: three 3x3 convs with batch-statistic BN and LeakyReLU(0.1), the 1x1 shortcut with BN
+    added before the last LeakyReLU, then a 2x2 max-pool."""
+    torch.manual_seed(0)
+    block = ResidualBlock(
+        2, 3, drop_rate=0.0, dropblock_size=1, track_running_stats=False, primitive_bn=None
+    ).double()
+    x = torch.randn(4, 2, 6, 6, dtype=torch.float64)
+
+    def bn(h: torch.Tensor) -> torch.Tensor:
+        mean = h.mean(dim=(0, 2, 3), keepdim=True)
+        var = h.var(dim=(0, 2, 3), keepdim=True, correction=0)
+        return (h - mean) / torch.sqrt(var + 1e-5)  # weight 1, bias 0 at init
+
+    def lrelu(h: torch.Tensor) -> torch.Tensor:
+        return torch.where(h > 0, h, 0.1 * h)
+
+    conv = torch.nn.functional.conv2d
+    h = lrelu(bn(conv(x, block.conv1.weight, padding=1)))
+    h = lrelu(bn(conv(h, block.conv2.weight, padding=1)))
+    h = bn(conv(h, block.conv3.weight, padding=1))
+    h = lrelu(h + bn(conv(x, block.shortcut.weight)))
+    want = torch.nn.functional.max_pool2d(h, 2)
+    torch.testing.assert_close(block(x), want, rtol=1e-10, atol=1e-12)
+
+
+# ---- DropBlock by hand ----
+
+
+def test_dropblock_defaults_to_no_dropping() -> None:
+    d = DropBlock().train()
+    assert (d.drop_rate, d.block_size) == (0.0, 5)
+    x = torch.randn(2, 3, 8, 8)
+    assert d(x) is x
+
+
+class _FixedMask(DropBlock):
+    """DropBlock with a given mask, to check the rescaling of forward by hand."""
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        super().__init__(0.5, 1)
+        self.mask = mask
+
+    def dropped(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mask
+
+
+def test_dropblock_rescales_by_the_kept_count() -> None:
+    """Kept units are scaled by count / kept: 4 / 1 when one unit of four is kept; a mask that
+    drops everything gives zeros (0 / 0 is clamped)."""
+    x = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
+    one = _FixedMask(torch.tensor([[[[1.0, 1.0], [0.0, 1.0]]]])).train()
+    torch.testing.assert_close(one(x), torch.tensor([[[[0.0, 0.0], [12.0, 0.0]]]]))
+    half = _FixedMask(torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]])).train()
+    torch.testing.assert_close(half(x), torch.tensor([[[[0.0, 4.0], [6.0, 0.0]]]]))
+    every = _FixedMask(torch.ones(1, 1, 2, 2)).train()
+    assert torch.equal(every(x), torch.zeros(1, 1, 2, 2))
+
+
+def test_dropblock_gamma_clips_the_block_to_each_side() -> None:
+    """γ = rate · H·W / (b² (H − b + 1)(W − b + 1)) with b = min(block, H, W): a 3 x 8 map and
+    a block of 5 give b = 3: 0.2 · 24 / (9 · 1 · 6); and the same for 8 x 3."""
+    d = DropBlock(0.2, 5)
+    assert d.gamma(3, 8) == pytest.approx(0.2 * 24 / (9 * 1 * 6), rel=1e-12)
+    assert d.gamma(8, 3) == pytest.approx(0.2 * 24 / (9 * 6 * 1), rel=1e-12)
+    assert d.gamma(10, 10) == pytest.approx(0.2 * 100 / (25 * 6 * 6), rel=1e-12)
+
+
+def test_dropblock_mask_of_a_non_square_map() -> None:
+    """On a 6 x 10 map with blocks of 3 (and 2 x 9 and 9 x 2 maps, where the block clips to 2):
+    the mask has the input's shape and is a union of whole b x b squares inside the map."""
+    torch.manual_seed(0)
+    for shape, block, b in [((4, 2, 6, 10), 3, 3), ((4, 2, 2, 9), 3, 2), ((4, 2, 9, 2), 3, 2)]:
+        d = DropBlock(0.3, block)
+        mask = d.dropped(torch.zeros(shape))
+        assert mask.shape == shape and mask.sum() > 0
+        h, w = shape[-2:]
+        covered = torch.zeros(shape)
+        for i in range(h - b + 1):
+            for j in range(w - b + 1):
+                full = mask[..., i : i + b, j : j + b].amin(dim=(-2, -1)) == 1
+                covered[..., i : i + b, j : j + b] += full[..., None, None].float()
+        assert torch.equal(covered > 0, mask == 1)  # every dropped unit is in a dropped square

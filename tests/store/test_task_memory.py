@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import warnings
 from pathlib import Path
 
 import pytest
@@ -236,3 +237,105 @@ def test_interrupted_creation_is_finished(tmp_path: Path) -> None:
     with TaskMemory(folder, dim=DIM) as mem:
         mem.add(torch.randn(DIM))
     assert (folder / "mnemeta-task-memory.json").is_file()
+
+
+def test_argument_errors_say_what_was_given(mem: TaskMemory) -> None:
+    """Each refusal names the argument and what it got, so that the caller can fix it."""
+    x = torch.randn(DIM)
+    with warnings.catch_warnings():  # quantized tensors are deprecated; safetensors refuses them
+        warnings.simplefilter("ignore")
+        quantized = torch.quantize_per_tensor(torch.ones(2), 0.1, 0, torch.qint8)
+    cases = [
+        ({"info": [1]}, r"^info must be a dict of JSON values, got list$"),
+        ({"metrics": [1.0]}, r"^metrics must be a dict of str -> float, got list$"),
+        ({"metrics": {1: 2.0}}, r"^metrics must map str to numbers; got 1: 2\.0$"),
+        ({"metrics": {"ok": True}}, r"^metrics must map str to numbers; got 'ok': True$"),
+        (
+            {"params": [torch.ones(2)]},
+            r"^params must be a dict of str -> torch\.Tensor \(or None\)$",
+        ),
+        (
+            {"params": {"w": quantized}},
+            r"^params cannot be stored as safetensors \(.+\)$",
+        ),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(MnemetaError, match=message):
+            mem.add(x, **kwargs)
+    with pytest.raises(
+        MnemetaError,
+        match=r"^params must be a list with one entry per embedding \(3\); got a dict$",
+    ):
+        mem.add_many(torch.randn(3, DIM), params={"w": torch.ones(1)})  # type: ignore[arg-type]
+    with pytest.raises(
+        MnemetaError,
+        match=r"^metrics must be a list with one entry per embedding \(3\); got 2 entries$",
+    ):
+        mem.add_many(torch.randn(3, DIM), metrics=[{}, {}])
+    with pytest.raises(
+        MnemetaError, match=r"embedding must be a tensor of shape \(24,\), got list"
+    ):
+        mem.add([0.0] * DIM)  # type: ignore[arg-type]
+    with pytest.raises(MnemetaError, match=r"^nprobe=0 must be a positive integer$"):
+        mem.configure_search(nprobe=0)
+    assert len(mem) == 0
+    assert str(RecordNotFound()) == ""
+    with pytest.raises(RecordNotFound, match=r"^no record 9 in the task memory"):
+        mem.params(9)
+
+
+def test_params_file_is_tagged(mem: TaskMemory) -> None:
+    """The tensor files say what they are (safetensors metadata), for tools that find one."""
+    from safetensors import safe_open
+
+    rid = mem.add(torch.randn(DIM), params={"w": torch.ones(3)})
+    files = list((mem.path / "tensors").rglob("*.safetensors"))
+    assert len(files) == 1
+    with safe_open(str(files[0]), framework="pt") as f:
+        assert f.metadata() == {"format": "mnemeta-task-params"}
+    assert torch.equal(mem.params(rid)["w"], torch.ones(3))
+
+
+def test_export_report_and_destinations(tmp_path: Path) -> None:
+    """The report: the destination, the record count and its size on disk; a destination under
+    folders that do not exist yet is made; an empty folder is used; a file is refused; no
+    temporary folder is left beside it."""
+    with TaskMemory(tmp_path / "m", dim=DIM) as mem:
+        mem.add_many(torch.randn(4, DIM), params=[{"w": torch.ones(2)}] * 4)
+        deep = tmp_path / "a" / "b" / "copy"
+        report = mem.export(deep)
+        size = sum(p.stat().st_size for p in deep.rglob("*") if p.is_file())
+        assert report == {"path": str(deep), "count": 4, "disk_bytes": size} and size > 0
+        empty = tmp_path / "empty"
+        empty.mkdir()
+        assert mem.export(empty)["count"] == 4
+        (tmp_path / "file").write_text("x")
+        with pytest.raises(MnemetaError, match="exists and is not empty"):
+            mem.export(tmp_path / "file")
+    assert sorted(p.name for p in (tmp_path / "a" / "b").iterdir()) == ["copy"]
+    with TaskMemory(deep, read_only=True) as copy:
+        assert len(copy) == 4
+        mode = copy._records.conn.execute("PRAGMA journal_mode").fetchone()[0]
+        assert mode.lower() == "wal"
+
+
+def test_a_long_lock_names_the_operation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer that cannot get the lock within the deadline says which operation waited and
+    what to do (the deadline is set to 0 s here instead of 60 s, so that it expires at once)."""
+    from mnemeta.store import schema
+
+    with TaskMemory(tmp_path / "m", dim=DIM) as mem:
+        holder = sqlite3.connect(tmp_path / "m" / "tasks.sqlite", isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")  # another process's long write transaction
+        monkeypatch.setattr(schema, "BUSY_DEADLINE_S", 0.0)
+        try:
+            with pytest.raises(
+                MnemetaError,
+                match=r"stayed locked for 0 s while adding records \(.*\); another process holds "
+                "a long write transaction: wait for it, or stop it",
+            ):
+                mem.add(torch.randn(DIM))
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        assert len(mem) == 0
