@@ -149,9 +149,9 @@ def _packed(m: torch.Tensor) -> torch.Tensor:
     )
 
 
-# pack_symmetric builds its sqrt(2) with torch.where on Python scalars, which gives float32, so
-# in float64 the off-diagonals are off by up to 2**-24 relative (measured 1.7e-8); the tests
-# below allow that, and the strict xfail after them asks for the float64 value.
+# pack_symmetric built its sqrt(2) in float32 until the mutation run found it (off by up to
+# 2**-24 relative in float64, measured 1.7e-8); the looser tests below still allow that, the
+# exact one after them asks for the float64 value.
 SQRT2_FLOAT32 = 3e-8
 
 
@@ -170,11 +170,6 @@ def test_pack_symmetric_of_a_batch_of_batches() -> None:
     assert meta.device.type == "meta" and meta.shape == (2, 10)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: pack_symmetric's sqrt(2) is float32 (torch.where on Python scalars) even for "
-    "float64 input, so the packed Frobenius product is off by ~1e-8 relative",
-)
 def test_pack_symmetric_is_exact_in_float64() -> None:
     a = torch.randn(4, 4, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     a = a + a.T

@@ -87,7 +87,10 @@ def pack_symmetric(m: Tensor) -> Tensor:
     so that ``pack(a) · pack(b) = Σᵢⱼ aᵢⱼ bᵢⱼ`` (the Frobenius product)."""
     d = m.shape[-1]
     rows, cols = torch.triu_indices(d, d, device=m.device)
-    scale = torch.where(rows == cols, 1.0, math.sqrt(2.0)).to(m.dtype)
+    # √2 made in the input's dtype: torch.where on Python scalars would give float32 and cost
+    # float64 inputs ~1e-8 of relative accuracy.
+    root2 = torch.full(rows.shape, math.sqrt(2.0), dtype=m.dtype, device=m.device)
+    scale = torch.where(rows == cols, torch.ones_like(root2), root2)
     return m[..., rows, cols] * scale
 
 
