@@ -26,6 +26,7 @@ from typing import Any
 
 import mnemeta.algorithms
 import mnemeta.nn  # noqa: F401  (fills BACKBONES)
+from mnemeta.checks import check_values, checked
 from mnemeta.data.datasets import DataConfig
 from mnemeta.errors import ConfigError
 from mnemeta.registry import BACKBONES, LEARNERS, EpisodicConfig, LearnerConfig
@@ -40,49 +41,68 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 class SequenceConfig:
     """The sequence tasks of the memory-augmented networks."""
 
-    bits: int = 8  # copy task: width of each random vector (Graves et al.: 8)
-    min_length: int = 1  # copy task: training lengths, uniform in [min, max]
-    max_length: int = 20
-    eval_max_length: int = 120  # copy task: test lengths up to this (10, 20, 30, 40, 50, 80, 120)
-    classes: int = 5  # one-shot episodes: classes per episode (Santoro et al.: 5 or 15)
-    instances: int = 10  # ... and drawings of each, so 50 steps an episode
+    bits: int = checked(8, ge=1)  # copy task: width of each random vector (Graves et al.: 8)
+    min_length: int = checked(1, ge=1)  # copy task: training lengths, uniform in [min, max]
+    max_length: int = checked(20, ge=1)
+    eval_max_length: int = checked(
+        120, ge=1
+    )  # copy task: test lengths up to this (10, 20, 30, 40, 50, 80, 120)
+    classes: int = checked(
+        5, ge=2
+    )  # one-shot episodes: classes per episode (Santoro et al.: 5 or 15)
+    instances: int = checked(10, ge=1)  # ... and drawings of each, so 50 steps an episode
+
+    def check_relations(self, prefix: str) -> None:
+        if self.min_length > self.max_length:
+            raise ConfigError(
+                f"{prefix}min_length={self.min_length} is above {prefix}max_length="
+                f"{self.max_length}; set min_length <= max_length"
+            )
 
 
 @dataclass
 class TrainConfig:
     split: str = "trainval"  # the classes meta-training draws from
-    ways: int = 60  # Snell et al.: more ways in training than in testing helps
-    shots: int = 1  # ... and the same shots as at test time
-    queries: int = 5
-    meta_batch: int = 1  # episodes per optimiser step
-    steps: int = 4000  # optimiser steps
-    optimizer: str = "adam"  # adam | sgd (Reptile's surrogate) | rmsprop (NTM/MANN papers)
-    lr: float = 1e-3  # Adam, as in the paper
-    lr_schedule: str = "step"  # step | linear (annealed to 0 at the last step, as Reptile)
-    lr_decay: float = 0.5  # step: multiply the learning rate by this ...
-    lr_decay_every: int = 2000  # ... every this many steps (Snell et al.: halve every 2000)
-    grad_clip: float = 0.0  # max gradient norm; 0 disables
+    ways: int = checked(60, ge=2)  # Snell et al.: more ways in training than in testing helps
+    shots: int = checked(1, ge=1)  # ... and the same shots as at test time
+    queries: int = checked(5, ge=1)
+    meta_batch: int = checked(1, ge=1)  # episodes per optimiser step
+    steps: int = checked(4000, ge=1)  # optimiser steps
+    optimizer: str = checked(
+        "adam", choices=("adam", "sgd", "rmsprop")
+    )  # adam | sgd (Reptile's surrogate) | rmsprop (NTM/MANN papers)
+    lr: float = checked(1e-3, gt=0)  # Adam, as in the paper
+    lr_schedule: str = checked(
+        "step", choices=("step", "linear")
+    )  # step | linear (annealed to 0 at the last step, as Reptile)
+    lr_decay: float = checked(0.5, gt=0, le=1)  # step: multiply the learning rate by this ...
+    lr_decay_every: int = checked(
+        2000, ge=1
+    )  # ... every this many steps (Snell et al.: halve every 2000)
+    grad_clip: float = checked(0.0, ge=0)  # max gradient norm; 0 disables
     # torch.compile the meta-loss: off | default | reduce-overhead (CUDA graphs) | max-autotune.
     # Meant for strategy vmap on a GPU (not measured there yet; on a 2-core CPU the eager loop
     # is faster: benchmarks/results/speed_maml.md); compiling takes minutes once per run.
-    compile: str = "off"
-    max_minutes: float = 0.0  # stop training after this much training time (across resumes)
-    log_every: int = 50
-    eval_every: int = 1000  # validation episodes every this many steps; 0 disables
-    checkpoint_every: int = 500
+    compile: str = checked("off", choices=("off", "default", "reduce-overhead", "max-autotune"))
+    max_minutes: float = checked(
+        0.0, ge=0
+    )  # stop training after this much training time (across resumes)
+    log_every: int = checked(50, ge=1)
+    eval_every: int = checked(1000, ge=0)  # validation episodes every this many steps; 0 disables
+    checkpoint_every: int = checked(500, ge=1)
 
 
 @dataclass
 class EvalConfig:
     split: str = "test"
-    ways: int = 5
-    shots: int = 1
-    queries: int = 15
-    episodes: int = 1000  # the standard 1000 test episodes with a 95% CI
+    ways: int = checked(5, ge=2)
+    shots: int = checked(1, ge=1)
+    queries: int = checked(15, ge=1)
+    episodes: int = checked(1000, ge=1)  # the standard 1000 test episodes with a 95% CI
     seed: int = 2024  # fixes the evaluation episodes: every checkpoint sees the same ones
-    batch_size: int = 50  # episodes per forward pass
+    batch_size: int = checked(50, ge=1)  # episodes per forward pass
     val_split: str = "val"  # for evaluation during training (see README: overlaps trainval)
-    val_episodes: int = 200
+    val_episodes: int = checked(200, ge=1)
 
 
 DEFAULT_ALGORITHM = "protonet"
@@ -181,6 +201,7 @@ def config_from_dict(
     for item in overrides:
         if item.partition("=")[0].strip() not in _CHOOSERS:
             apply_override(config, item)
+    check_values(config)
     return config
 
 

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from mnemeta.algorithms.inner_optim import apply_updates, momentum
 from mnemeta.algorithms.protocol import Predictor, embed_tasks
+from mnemeta.checks import checked
 from mnemeta.episode import EpisodeBatch, Support
 from mnemeta.errors import ConfigError, DataError
 from mnemeta.registry import LEARNERS, BuildContext, EpisodicConfig, LearnerSpec
@@ -202,15 +203,17 @@ class BaselinePPConfig(EpisodicConfig):
     # Chen et al.'s scale for > 200 classes ("a larger scale factor is required to handle
     # > 1000 output classes"): cosines lie in [-1, 1], and a softmax over thousands of classes
     # needs logits spread far wider than that to be confident.
-    scale: float = 10.0
-    eval_scale: float = 2.0  # their scale for heads of <= 200 classes (the 5-way test heads)
+    scale: float = checked(10.0, gt=0)
+    eval_scale: float = checked(
+        2.0, gt=0
+    )  # their scale for heads of <= 200 classes (the 5-way test heads)
     # Chen et al. fine-tune 100 epochs over the support; here one full-batch step per epoch.
-    finetune_steps: int = 100
+    finetune_steps: int = checked(100, ge=1)
     # The rest: Chen et al.'s fine-tuning SGD (baselinefinetune.py).
-    finetune_lr: float = 0.01
-    finetune_momentum: float = 0.9
-    finetune_dampening: float = 0.9
-    finetune_weight_decay: float = 0.001
+    finetune_lr: float = checked(0.01, gt=0)
+    finetune_momentum: float = checked(0.9, ge=0, lt=1)
+    finetune_dampening: float = checked(0.9, ge=0, le=1)
+    finetune_weight_decay: float = checked(0.001, ge=0)
 
 
 def _build(cfg: BaselinePPConfig, ctx: BuildContext) -> BaselinePP:

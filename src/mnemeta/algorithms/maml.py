@@ -35,6 +35,7 @@ from mnemeta.algorithms.inner_loop import (
     over_tasks,
 )
 from mnemeta.algorithms.protocol import Predictor, accuracy
+from mnemeta.checks import checked
 from mnemeta.episode import EpisodeBatch, Support
 from mnemeta.errors import ConfigError
 from mnemeta.registry import LEARNERS, BuildContext, EpisodicConfig, LearnerSpec
@@ -231,12 +232,22 @@ class Classifier(nn.Module):
 
 @dataclass
 class MAMLConfig(EpisodicConfig):
-    inner_lr: float = 0.4  # α: Finn et al.'s Omniglot 5-way value (Meta-SGD: every α's start)
-    inner_steps: int = 1  # inner steps in meta-training (Omniglot 5-way: 1; 20-way: 5)
-    eval_inner_steps: int | None = None  # inner steps at test time; None: as in training
-    eval_inner_lr: float | None = None  # α at test time; None: as in training
-    strategy: str = "auto"  # vmap over tasks on a GPU, a loop on a CPU | vmap | loop
-    task_chunk: int | None = None  # tasks per vmap call, to bound GPU memory; None: all
+    inner_lr: float = checked(
+        0.4, gt=0
+    )  # α: Finn et al.'s Omniglot 5-way value (Meta-SGD: every α's start)
+    inner_steps: int = checked(
+        1, ge=1
+    )  # inner steps in meta-training (Omniglot 5-way: 1; 20-way: 5)
+    eval_inner_steps: int | None = checked(
+        None, ge=0
+    )  # inner steps at test time; None: as in training
+    eval_inner_lr: float | None = checked(None, gt=0)  # α at test time; None: as in training
+    strategy: str = checked(
+        "auto", choices=("auto", "vmap", "loop")
+    )  # vmap over tasks on a GPU, a loop on a CPU | vmap | loop
+    task_chunk: int | None = checked(
+        None, ge=1
+    )  # tasks per vmap call, to bound GPU memory; None: all
 
 
 def _family(**switches: Any) -> Any:

@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from mnemeta.checks import checked
 from mnemeta.errors import ConfigError
 from mnemeta.memory import Memory  # importing mnemeta.memory registers its memories in MEMORIES
 from mnemeta.registry import LEARNERS, MEMORIES, BuildContext, LearnerConfig, LearnerSpec
@@ -192,7 +193,9 @@ def _build_memory(memory: str | Memory[Any], **keys: Any) -> Memory[Any]:
 
 @dataclass
 class LSTMConfig(LearnerConfig):
-    controller: int = 100  # LSTM units (Graves's copy-task baseline: 256 in its preset)
+    controller: int = checked(
+        100, ge=1
+    )  # LSTM units (Graves's copy-task baseline: 256 in its preset)
     # One-shot episodes: start each episode from a fresh state (False: carry it over, Santoro's
     # no-wipe variant).
     wipe_memory: bool = True
@@ -200,22 +203,24 @@ class LSTMConfig(LearnerConfig):
 
 @dataclass
 class NTMConfig(LSTMConfig):
-    memory_rows: int = 128  # N (Graves et al. §4)
-    memory_width: int = 20  # W (copy task)
-    read_heads: int = 1  # the copy task needs one read and one write head
-    write_heads: int = 1
-    shift_range: int = 1  # location shifts -R..R; copying needs only +-1
+    memory_rows: int = checked(128, ge=1)  # N (Graves et al. §4)
+    memory_width: int = checked(20, ge=1)  # W (copy task)
+    read_heads: int = checked(1, ge=1)  # the copy task needs one read and one write head
+    write_heads: int = checked(1, ge=1)
+    shift_range: int = checked(1, ge=0)  # location shifts -R..R; copying needs only +-1
 
 
 @dataclass
 class MANNConfig(LSTMConfig):
-    controller: int = 200  # Santoro et al.'s Omniglot controller
-    memory_rows: int = 128  # N
-    memory_width: int = 40  # W
-    read_heads: int = 4  # R; each LRUA head writes with its read key
-    usage_decay: float = 0.95  # γ
+    controller: int = checked(200, ge=1)  # Santoro et al.'s Omniglot controller
+    memory_rows: int = checked(128, ge=1)  # N
+    memory_width: int = checked(40, ge=1)  # W
+    read_heads: int = checked(4, ge=1)  # R; each LRUA head writes with its read key
+    usage_decay: float = checked(0.95, ge=0, le=1)  # γ
     key_strength: bool = True  # learn β for the reads (False: the paper's β = 1)
-    initial_strength: float = 10.0  # β at initialisation (softplus(0) = 0.69 trains slowly)
+    initial_strength: float = checked(
+        10.0, gt=0
+    )  # β at initialisation (softplus(0) = 0.69 trains slowly)
 
 
 def _builder(memory: str) -> Any:

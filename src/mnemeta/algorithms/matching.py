@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from mnemeta.algorithms.protocol import Predictor, accuracy, embed_tasks
+from mnemeta.checks import checked
 from mnemeta.episode import EpisodeBatch, Support
 from mnemeta.registry import LEARNERS, BuildContext, EpisodicConfig, LearnerSpec
 
@@ -110,10 +111,10 @@ class MatchingNet(nn.Module):
 @dataclass
 class MatchingConfig(EpisodicConfig):
     fce: bool = False  # full-context embeddings (§2.1.2); the paper's Omniglot runs use none
-    fce_steps: int = 5  # K, attention steps of the query LSTM (with fce)
+    fce_steps: int = checked(5, ge=1)  # K, attention steps of the query LSTM (with fce)
     # Multiplies the cosine before the softmax: 1 is the paper's form, whose attention over
     # cosines in [-1, 1] stays nearly uniform; 10 (Chen et al. 2019) trains faster.
-    scale: float = 10.0
+    scale: float = checked(10.0, gt=0)
 
 
 def _build(cfg: MatchingConfig, ctx: BuildContext) -> MatchingNet:

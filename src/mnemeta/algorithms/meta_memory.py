@@ -47,6 +47,7 @@ from torch import Tensor, nn
 
 from mnemeta.algorithms.inner_optim import apply_updates, sgd
 from mnemeta.algorithms.protocol import Predictor, accuracy, embed_tasks
+from mnemeta.checks import checked
 from mnemeta.episode import EpisodeBatch, Support
 from mnemeta.errors import ConfigError
 from mnemeta.memory import key_value as kv
@@ -223,12 +224,18 @@ class MetaMemoryNet(nn.Module):
 
 @dataclass
 class MetaMemoryConfig(EpisodicConfig):
-    hops: int = 2  # H, reasoning hops over the support memory (0: ProtoNet + fine-tuning)
+    hops: int = checked(
+        2, ge=0
+    )  # H, reasoning hops over the support memory (0: ProtoNet + fine-tuning)
     # Initial Meta-SGD step sizes: logits move by ~α‖h‖², and ‖h‖² is O(10-100) on Conv-4.
-    inner_lr: float = 0.01
-    inner_steps: int = 1  # fine-tuning steps of the output layer in meta-training
-    eval_inner_steps: int | None = None  # the same at test time; None: as in training
-    strength: float = 10.0  # initial β of the reads: cosines in [-1, 1] need a sharp softmax
+    inner_lr: float = checked(0.01, gt=0)
+    inner_steps: int = checked(1, ge=0)  # fine-tuning steps of the output layer in meta-training
+    eval_inner_steps: int | None = checked(
+        None, ge=0
+    )  # the same at test time; None: as in training
+    strength: float = checked(
+        10.0, gt=0
+    )  # initial β of the reads: cosines in [-1, 1] need a sharp softmax
     first_order: bool = False  # do not differentiate through the fine-tuning steps
 
 

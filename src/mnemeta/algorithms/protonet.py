@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from mnemeta.algorithms.protocol import Predictor, accuracy, embed_tasks
+from mnemeta.checks import checked
 from mnemeta.episode import EpisodeBatch, Support
 from mnemeta.errors import ConfigError
 from mnemeta.registry import LEARNERS, BuildContext, EpisodicConfig, LearnerSpec
@@ -90,7 +91,7 @@ def squared_euclidean(a: Tensor, b: Tensor) -> Tensor:
 class ProtoNetConfig(EpisodicConfig):
     # Squared Euclidean: the paper's choice (a Bregman divergence, better than cosine in its
     # §2.7 ablation); "cosine" compares normalised embeddings.
-    distance: str = "sqeuclidean"
+    distance: str = checked("sqeuclidean", choices=("sqeuclidean", "cosine"))
 
 
 def _build(cfg: ProtoNetConfig, ctx: BuildContext) -> ProtoNet:

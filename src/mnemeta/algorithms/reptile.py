@@ -28,6 +28,7 @@ from mnemeta.algorithms.inner_loop import (
 from mnemeta.algorithms.inner_optim import adam, apply_updates
 from mnemeta.algorithms.maml import Classifier
 from mnemeta.algorithms.protocol import Predictor, accuracy
+from mnemeta.checks import checked
 from mnemeta.episode import EpisodeBatch, Support
 from mnemeta.errors import ConfigError
 from mnemeta.registry import LEARNERS, BuildContext, EpisodicConfig, LearnerSpec
@@ -166,12 +167,20 @@ def _minibatch_order(shape: torch.Size, steps: int, size: int, device: torch.dev
 
 @dataclass
 class ReptileConfig(EpisodicConfig):
-    inner_lr: float = 1e-3  # the inner Adam's step size (Nichol et al., Omniglot: 0.001)
-    inner_steps: int = 5  # inner Adam iterations per task in meta-training (paper: 5)
-    inner_batch: int = 10  # their mini-batch size (paper: 10)
-    eval_inner_steps: int | None = None  # at test time (paper: 50); None: as in training
-    eval_inner_batch: int = 5  # mini-batch size at test time (paper: 5)
-    strategy: str = "auto"  # vmap over tasks on a GPU, a loop on a CPU | vmap | loop
+    inner_lr: float = checked(
+        1e-3, gt=0
+    )  # the inner Adam's step size (Nichol et al., Omniglot: 0.001)
+    inner_steps: int = checked(
+        5, ge=1
+    )  # inner Adam iterations per task in meta-training (paper: 5)
+    inner_batch: int = checked(10, ge=1)  # their mini-batch size (paper: 10)
+    eval_inner_steps: int | None = checked(
+        None, ge=1
+    )  # at test time (paper: 50); None: as in training
+    eval_inner_batch: int = checked(5, ge=1)  # mini-batch size at test time (paper: 5)
+    strategy: str = checked(
+        "auto", choices=("auto", "vmap", "loop")
+    )  # vmap over tasks on a GPU, a loop on a CPU | vmap | loop
 
 
 def _build(cfg: ReptileConfig, ctx: BuildContext) -> Reptile:

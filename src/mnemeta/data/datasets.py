@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from mnemeta.checks import checked
 from mnemeta.data.classes import ClassImages
 from mnemeta.registry import DATASETS, DatasetSpec
 
@@ -20,7 +21,7 @@ class DataConfig:
     root: str = ""  # the data folder; empty: $MNEMETA_DATA/omniglot (unused by generated data)
     # vinyals: 1200/423 characters x 4 rotations (Vinyals et al. 2016); lake: background/evaluation
     split: str = "vinyals"
-    image_size: int = 28  # side of the square images: the papers' 28x28 for Omniglot
+    image_size: int = checked(28, ge=1)  # side of the square images: the papers' 28x28 for Omniglot
     download: bool = False  # fetch the official zips if the data is missing
     cache_dir: str = ""  # where preprocessed tensors are cached; empty: next to the data
 

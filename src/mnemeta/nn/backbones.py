@@ -17,6 +17,7 @@ from itertools import pairwise
 import torch
 from torch import Tensor, nn
 
+from mnemeta.checks import checked
 from mnemeta.errors import ConfigError
 from mnemeta.nn.batchnorm import BatchNorm
 from mnemeta.nn.vmap import under_vmap
@@ -190,7 +191,9 @@ def mlp(in_features: int, hidden: Sequence[int] = (40, 40), out_features: int = 
 
 @dataclass
 class Conv4Config:
-    hidden: int = 64  # channels of each block: 64 in every Omniglot paper reproduced here
+    hidden: int = checked(
+        64, ge=1
+    )  # channels of each block: 64 in every Omniglot paper reproduced here
 
 
 def _build_conv4(cfg: Conv4Config, in_channels: int, *, per_task_statistics: bool) -> Conv4:

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from mnemeta.checks import checked
 from mnemeta.errors import ConfigError
 from mnemeta.nn.backbones import pooled_size
 from mnemeta.nn.batchnorm import BatchNorm
@@ -258,10 +259,14 @@ def resnet12(
 @dataclass
 class ResNet12Config:
     # The four residual stages of Oreshkin et al. 2018 (TADAM) and Lee et al. 2019 (MetaOptNet).
-    channels: tuple[int, ...] = (64, 160, 320, 640)
+    channels: tuple[int, ...] = checked((64, 160, 320, 640), ge=1)
     avg_pool: bool = True  # global average pool to channels[-1] features (TADAM); False: flatten
-    drop_rate: float = 0.0  # DropBlock's rate (MetaOptNet: 0.1 on mini-ImageNet); 0: off
-    dropblock_size: int = 5  # DropBlock's square side in the last two stages (MetaOptNet: 5)
+    drop_rate: float = checked(
+        0.0, ge=0, lt=1
+    )  # DropBlock's rate (MetaOptNet: 0.1 on mini-ImageNet); 0: off
+    dropblock_size: int = checked(
+        5, ge=1
+    )  # DropBlock's square side in the last two stages (MetaOptNet: 5)
 
 
 def _build_resnet12(
