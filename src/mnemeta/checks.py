@@ -42,9 +42,9 @@ class Rule:
         """Why ``value`` is refused, or None when it is accepted."""
         if self.choices:
             if value not in self.choices:
-                *rest, last = self.choices
-                options = f"{', '.join(rest)} or {last}" if rest else last
-                return f"is unknown; choose {options}"
+                if len(self.choices) <= 2:
+                    return f"is unknown; choose {' or '.join(self.choices)}"
+                return f"is unknown; choose one of {', '.join(self.choices)}"
             return None
         for item in value if isinstance(value, tuple) else (value,):
             if isinstance(item, bool) or not isinstance(item, int | float):
@@ -115,4 +115,7 @@ def _cli_value(value: Any) -> str:
         return str(value).lower()
     if isinstance(value, tuple):
         return ",".join(str(v) for v in value)
+    if isinstance(value, float):
+        short = f"{value:g}"  # -1, not -1.0; 0.001, not 1e-03
+        return short if float(short) == value else str(value)
     return str(value)

@@ -87,7 +87,8 @@ class TrainConfig:
     max_minutes: float = checked(
         0.0, ge=0
     )  # stop training after this much training time (across resumes)
-    log_every: int = checked(50, ge=1)
+    # Log (and print) every this many steps; none: about 100 points per run, whatever its length.
+    log_every: int | None = checked(None, ge=1)
     eval_every: int = checked(1000, ge=0)  # validation episodes every this many steps; 0 disables
     checkpoint_every: int = checked(500, ge=1)
 

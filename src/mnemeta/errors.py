@@ -31,3 +31,17 @@ class CheckpointError(MnemetaError):
 
 class StoreError(MnemetaError):
     """A task memory is missing, damaged, locked or was written for other shapes."""
+
+
+class RunFolderError(MnemetaError):
+    """A run folder cannot be used: not writable, in use by another process, or holding a run
+    that the new one would replace unasked."""
+
+
+class TrainingInterrupted(MnemetaError):
+    """Training stopped on a signal after writing a checkpoint. The CLI exits with
+    ``exit_code`` (128 + the signal's number: 130 for Ctrl-C, 143 for ``kill``)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

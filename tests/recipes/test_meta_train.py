@@ -154,5 +154,5 @@ def test_an_unknown_compile_mode_is_named(tmp_path: Path) -> None:
 
 
 def test_a_negative_max_minutes_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(MnemetaError, match=r"train.max_minutes=-1 is negative"):
+    with pytest.raises(MnemetaError, match=r"train.max_minutes=-1 must be at least 0"):
         meta_train(tiny(tmp_path, "train.steps=1", "train.max_minutes=-1"), progress=False)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from mnemeta.checkpoint import checkpoint_file
+from mnemeta.checks import check_values
 from mnemeta.config import Config
 from mnemeta.data.sampler import EpisodeSampler
-from mnemeta.errors import DataError
+from mnemeta.errors import ConfigError, DataError
 from mnemeta.io import atomic_write_text
 from mnemeta.loading import load_learner
 from mnemeta.recipes.build import Learner, build_splits, check_ways, pick_device
@@ -40,9 +43,11 @@ def load_for_evaluation(
     seed: int | None = None,
     device: str | None = None,
     data_root: str | None = None,
+    batch_size: int | None = None,
 ) -> LoadedCheckpoint:
-    """Rebuild the checkpoint at ``path``; unset arguments come from its config."""
-    loaded = load_learner(path)
+    """Rebuild the checkpoint at ``path`` (a checkpoint file or its run folder); unset
+    arguments come from its config."""
+    loaded = load_learner(checkpoint_file(path))
     config = loaded.config
     ec = config.eval
     ec.episodes = episodes if episodes is not None else ec.episodes
@@ -50,6 +55,8 @@ def load_for_evaluation(
     ec.queries = queries if queries is not None else ec.queries
     ec.split = split or ec.split
     ec.seed = seed if seed is not None else ec.seed
+    ec.batch_size = batch_size if batch_size is not None else ec.batch_size
+    check_values(config)  # the values given here obey the same rules as the config's
     if data_root is not None:
         config.data.root = data_root
     dev = pick_device(device or config.device)
@@ -83,6 +90,7 @@ def evaluate_checkpoint(
     seed: int | None = None,
     device: str | None = None,
     data_root: str | None = None,
+    batch_size: int | None = None,
     out: str | None = None,
 ) -> tuple[EvalResult, Path]:
     """Score the checkpoint at ``path`` on fixed episodes; unset arguments come from its config."""
@@ -96,7 +104,9 @@ def evaluate_checkpoint(
         seed=seed,
         device=device,
         data_root=data_root,
+        batch_size=batch_size,
     )
+    path = str(checkpoint_file(path))
     ec = loaded.config.eval
     result = evaluate(
         loaded.learner,
@@ -106,11 +116,7 @@ def evaluate_checkpoint(
         batch_size=ec.batch_size,
         split=ec.split,
     )
-    target = (
-        Path(out)
-        if out
-        else Path(path).with_name(f"eval_{ec.split}_{ec.ways}w{ec.shots}s_{ec.episodes}.json")
-    )
+    target = result_path(out, Path(path), f"eval_{ec.split}_{ec.ways}w{ec.shots}s_{ec.episodes}")
     payload = {
         "checkpoint": str(path),
         "step": loaded.step,
@@ -119,3 +125,20 @@ def evaluate_checkpoint(
     }
     atomic_write_text(target, json.dumps(payload, indent=2) + "\n")
     return result, target
+
+
+def result_path(out: str | None, checkpoint: Path, name: str) -> Path:
+    """Where an evaluation's JSON goes: ``out`` (a file, or a folder to put ``name.json`` in),
+    by default beside the checkpoint. Checked before the evaluation runs would be better still;
+    the folder is created if missing, and a file in the way is a one-line error."""
+    if not out:
+        return checkpoint.with_name(f"{name}.json")
+    target = Path(out).expanduser()
+    if target.is_dir() or out.endswith(("/", os.sep)):
+        target = target / f"{name}.json"
+    for parent in target.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"--out {out}: {parent} is a file, not a folder")
+            break
+    return target

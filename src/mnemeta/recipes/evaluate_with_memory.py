@@ -17,10 +17,11 @@ from mnemeta.algorithms.maml import MAML
 from mnemeta.algorithms.protocol import accuracy
 from mnemeta.algorithms.task_embedding import embedding_size
 from mnemeta.algorithms.task_memory_adapt import WARM_STARTS, MemoryAugmentedAdaptation
+from mnemeta.checkpoint import checkpoint_file
 from mnemeta.errors import ConfigError
 from mnemeta.io import atomic_write_text
 from mnemeta.recipes.evaluate import EvalResult
-from mnemeta.recipes.evaluate_checkpoint import load_for_evaluation
+from mnemeta.recipes.evaluate_checkpoint import load_for_evaluation, result_path
 from mnemeta.stats import mean_ci95
 
 
@@ -35,6 +36,7 @@ def evaluate_with_memory(
     seed: int | None = None,
     device: str | None = None,
     data_root: str | None = None,
+    batch_size: int | None = None,
     out: str | None = None,
     k: int = 5,
     tau: float = 0.1,
@@ -57,6 +59,7 @@ def evaluate_with_memory(
         seed=seed,
         device=device,
         data_root=data_root,
+        batch_size=batch_size,
     )
     config, learner, sampler = loaded.config, loaded.learner, loaded.sampler
     ec = config.eval
@@ -93,9 +96,7 @@ def evaluate_with_memory(
         memory.close()
     mean, ci = mean_ci95(torch.cat(accs) * 100.0)
     result = EvalResult(mean, ci, ec.episodes, config.train.ways, ec.shots, ec.queries, ec.split)
-    target = (
-        Path(out) if out else Path(path).with_name(f"eval_memory_{ec.split}_{ec.episodes}.json")
-    )
+    target = result_path(out, checkpoint_file(path), f"eval_memory_{ec.split}_{ec.episodes}")
     payload = {
         "checkpoint": str(path),
         "memory": str(memory_path),

@@ -7,6 +7,19 @@ import json
 from pathlib import Path
 from typing import Any
 
+from mnemeta.config import Config
+
+#: Logged points a run gets when ``train.log_every`` is left to choose (none).
+POINTS_PER_RUN = 100
+
+
+def log_period(config: Config) -> int:
+    """``train.log_every``, or when it is None, a period that gives every run about
+    :data:`POINTS_PER_RUN` logged points (a 300-step run is logged every 3 steps, a
+    30,000-step one every 300): enough for a curve, few enough for a terminal."""
+    every = config.train.log_every
+    return every if every is not None else max(1, config.train.steps // POINTS_PER_RUN)
+
 
 class MetricsLog:
     """Append rows ``{step, ...}`` to ``metrics.jsonl`` and ``metrics.csv`` in ``run_dir``.
@@ -46,7 +59,8 @@ class MetricsLog:
         for row in self.rows:
             columns += [k for k in row if k not in columns]
         with self.csv.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns or ["step"])
+            # "\n", not the csv module's default "\r\n": the file reads as the text file it is.
+            writer = csv.DictWriter(f, fieldnames=columns or ["step"], lineterminator="\n")
             writer.writeheader()
             writer.writerows(self.rows)
 

@@ -22,6 +22,7 @@ from mnemeta.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from mnemeta.checks import check_values
 from mnemeta.config import Config
 from mnemeta.data.sampler import EpisodeSampler
 from mnemeta.errors import ConfigError
@@ -37,16 +38,36 @@ from mnemeta.recipes.build import (
 )
 from mnemeta.recipes.clock import TrainingClock
 from mnemeta.recipes.evaluate import evaluate
-from mnemeta.recipes.logging import MetricsLog
+from mnemeta.recipes.interrupt import StopRequests
+from mnemeta.recipes.logging import MetricsLog, log_period
 from mnemeta.recipes.plots import plot_training_curves
-from mnemeta.recipes.resume import check_resumable, interrupted, resumed_clock
+from mnemeta.recipes.resume import check_resumable, resumed_clock
+from mnemeta.recipes.run_folder import RunFolder
 
 
 def meta_train(
-    config: Config, *, resume: str | None = None, progress: bool | None = None
+    config: Config,
+    *,
+    resume: str | None = None,
+    progress: bool | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Train ``config`` (optionally continuing ``resume``); returns the summary written to
-    ``<run_dir>/result.json``."""
+    """Train ``config`` (optionally continuing the checkpoint ``resume``); returns the summary
+    written to ``<run_dir>/result.json``.
+
+    The run folder is checked and locked before anything is built, and a folder that holds
+    another run is refused unless ``overwrite`` (:mod:`mnemeta.recipes.run_folder`). The first
+    SIGINT/SIGTERM stops after the current step with a checkpoint and raises
+    :class:`~mnemeta.recipes.interrupt.TrainingInterrupted`.
+    """
+    check_values(config)
+    with RunFolder(config.run_dir, resume=resume is not None, overwrite=overwrite) as folder:
+        return _meta_train(config, folder, resume, progress)
+
+
+def _meta_train(
+    config: Config, folder: RunFolder, resume: str | None, progress: bool | None
+) -> dict[str, Any]:
     t_start = time.perf_counter()
     tc, ec = config.train, config.eval
     device = pick_device(config.device)
@@ -108,7 +129,7 @@ def meta_train(
         running = state["running"].to(device)
         start = int(state["step"])
         clock = resumed_clock(state, config, resume)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    folder.begin()
     atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
     log = MetricsLog(run_dir, resume_step=start if resume is not None else None)
     t_data = time.perf_counter() - t_start
@@ -145,7 +166,8 @@ def meta_train(
     )
     step = done = start
     out_of_time = False
-    try:
+    log_every = log_period(config)
+    with StopRequests() as stop:
         for step in bar:
             batch = sampler.sample(tc.meta_batch)
             loss, metrics = meta_loss(batch)
@@ -161,22 +183,22 @@ def meta_train(
             done = step + 1
             out_of_time = clock.out_of_time()
             last = done == tc.steps or out_of_time
-            if done % tc.log_every == 0 or last:
+            if done % log_every == 0 or last:
                 loss_sum, acc_sum, count = running.tolist()
                 running.zero_()
                 row = {
                     "step": done,
                     "loss": loss_sum / count,
-                    "accuracy": acc_sum / count,
+                    "accuracy": 100 * acc_sum / count,  # percent, as every accuracy mnemeta shows
                     "lr": scheduler.get_last_lr()[0],
-                    "seconds": round(clock.this_run(), 2),
+                    "seconds": round(clock.seconds(), 2),  # of the whole run, across resumes
                 }
                 log.log(row)
-                bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{100 * row['accuracy']:.1f}%")
+                bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['accuracy']:.1f}%")
                 if not show:
                     print(
                         f"step {done}/{tc.steps}  loss {row['loss']:.4f}  "
-                        f"acc {100 * row['accuracy']:.2f}%  {row['seconds']:.0f}s",
+                        f"acc {row['accuracy']:.2f}%  {row['seconds']:.0f}s",
                         flush=True,
                     )
             if val_sampler is not None and done % tc.eval_every == 0:
@@ -193,17 +215,15 @@ def meta_train(
                     f"step {done}: {ec.val_split} accuracy {val.mean:.2f} ± {val.ci95:.2f}%",
                     file=sys.stdout,
                 )
-            if done % tc.checkpoint_every == 0 or last:
+            if done % tc.checkpoint_every == 0 or last or stop.requested:
                 checkpoint(done)
+            if stop.requested and not last:
+                bar.close()
+                log.close()
+                raise stop.interrupted(done, tc.steps, run_dir)
             if out_of_time:
                 clock.announce_stop(done, tc.steps)
                 break
-    except KeyboardInterrupt:
-        # Interrupted mid-step: the last completed step is `step` (its update is not applied
-        # if the interrupt came before optimizer.step, so keep the last written checkpoint).
-        bar.close()
-        log.close()
-        raise interrupted(run_dir) from None
     bar.close()
     t_train = clock.finish(device)
 
@@ -239,7 +259,7 @@ def meta_train(
     }
     atomic_write_text(run_dir / "result.json", json.dumps(summary, indent=2) + "\n")
     atomic_write_text(run_dir / "result.md", result.markdown(config.name) + "\n")
-    plot_training_curves(log.rows, run_dir / "curves.png", title=config.name)
+    plot_training_curves(log.rows, run_dir / "curves.png", title=config.name, test=result)
     return summary
 
 

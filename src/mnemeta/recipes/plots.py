@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
+from mnemeta.io import atomic_write_bytes
 
-def plot_training_curves(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
-    """Training loss and accuracy (and validation accuracy ± CI, if logged) against step."""
+
+def plot_training_curves(
+    rows: list[dict[str, Any]], path: Path, title: str, test: Any = None
+) -> Path:
+    """Training loss and accuracy (percent), validation accuracy ± CI if logged, and the final
+    test accuracy ± CI (``test``, an :class:`~mnemeta.recipes.evaluate.EvalResult`) at the last
+    step, against step."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed, and never opens a window
@@ -20,7 +27,7 @@ def plot_training_curves(rows: list[dict[str, Any]], path: Path, title: str) -> 
     ax_loss.set(xlabel="step", ylabel="training loss", yscale="log", title="loss")
     ax_acc.plot(
         [r["step"] for r in train],
-        [100 * r["accuracy"] for r in train],
+        [r["accuracy"] for r in train],
         label="training episodes",
         color="tab:blue",
     )
@@ -33,6 +40,16 @@ def plot_training_curves(rows: list[dict[str, Any]], path: Path, title: str) -> 
             color="tab:orange",
             capsize=3,
             label="validation (95% CI)",
+        )
+    if test is not None and train:
+        ax_acc.errorbar(
+            [train[-1]["step"]],
+            [test.mean],
+            yerr=[test.ci95],
+            fmt="s",
+            color="tab:red",
+            capsize=4,
+            label=f"test {test.ways}-way {test.shots}-shot: {test.mean:.2f} ± {test.ci95:.2f}%",
         )
     ax_acc.set(xlabel="step", ylabel="accuracy (%)", title="accuracy")
     ax_acc.legend(loc="lower right")
@@ -58,8 +75,8 @@ def plot_sequence_curves(rows: list[dict[str, Any]], path: Path, title: str) -> 
         ax_metric.plot(seen, [r["bits_wrong"] for r in rows], color="tab:blue")
         ax_metric.set(ylabel="bits wrong per sequence", title="copy error", yscale="symlog")
     else:
-        ax_metric.plot(seen, [100 * r.get("accuracy", 0) for r in rows], label="all steps")
-        ax_metric.plot(seen, [100 * r.get("accuracy_2nd", 0) for r in rows], label="2nd instance")
+        ax_metric.plot(seen, [r.get("accuracy", 0) for r in rows], label="all steps")
+        ax_metric.plot(seen, [r.get("accuracy_2nd", 0) for r in rows], label="2nd instance")
         ax_metric.set(ylabel="training accuracy (%)", title="accuracy")
         ax_metric.legend(loc="lower right")
     ax_metric.set_xlabel("training sequences")
@@ -108,7 +125,8 @@ def _save(fig: Any, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=path.suffix.lstrip(".") or "png", dpi=120)
     plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())  # never half a plot, like every other file
     return path

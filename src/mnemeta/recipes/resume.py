@@ -1,14 +1,20 @@
-"""Whether a checkpoint may be resumed under a config: only keys that do not change what is
-trained may differ (the run's name and folder, the device, the step budget unless the linear
-schedule ends at it, logging, evaluation). Shared by every training recipe."""
+"""Resuming a run: its own config, what may change, and where its checkpoint is.
+
+A resumed run is the run's continuation: its config is the one its checkpoint holds (the
+preset or file named at resume is only a way to find the run folder), and ``--set`` may change
+only what does not change what is trained: the run's name and folder, the device, the step
+budget (unless the linear schedule ends at it), the time budget, logging, evaluation and where
+the data lives. Anything else is refused, naming the key. Shared by every training recipe."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from mnemeta.config import Config, config_from_saved
-from mnemeta.errors import CheckpointError, MnemetaError
+from mnemeta.checkpoint import checkpoint_config, load_checkpoint
+from mnemeta.checks import check_values
+from mnemeta.config import Config, apply_override, config_from_saved
+from mnemeta.errors import CheckpointError, ConfigError
 from mnemeta.recipes.clock import TrainingClock
 
 #: Keys that may change between a run and its resumption: they do not change what is trained.
@@ -74,11 +80,42 @@ def resumed_clock(state: dict[str, Any], config: Config, path: str) -> TrainingC
     return clock
 
 
-def interrupted(run_dir: Path) -> MnemetaError:
-    """The error for Ctrl-C in a training loop: where to resume from."""
-    return MnemetaError(
-        f"interrupted; resume from the last checkpoint with --resume {run_dir / 'checkpoint.pt'}"
-    )
+def find_checkpoint(resume: str, run_dir: Path | None) -> Path:
+    """The checkpoint ``--resume`` names: a checkpoint file, a run folder (its
+    ``checkpoint.pt``), or with no value the ``checkpoint.pt`` of ``run_dir``."""
+    if resume:
+        path = Path(resume).expanduser()
+        return path / "checkpoint.pt" if path.is_dir() else path
+    if run_dir is None:
+        raise ConfigError(
+            "--resume needs the run to continue: mnemeta train --resume RUN_FOLDER (or give the "
+            "preset and --out of the run)"
+        )
+    return run_dir / "checkpoint.pt"
+
+
+def resume_config(checkpoint: Path, overrides: list[str]) -> tuple[Config, int]:
+    """The config of the run ``checkpoint`` belongs to, with ``overrides`` (``key=value``)
+    applied where they are safe; and the step it was written at.
+
+    Raises:
+        ConfigError: an override would change what the run trains.
+    """
+    state = load_checkpoint(checkpoint)
+    config = config_from_saved(checkpoint_config(state), f"checkpoint {checkpoint}")
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        before = _flat(config.to_dict())
+        apply_override(config, item)
+        if not key.startswith(RESUMABLE_CHANGES) and _flat(config.to_dict()) != before:
+            raise ConfigError(
+                f"--set {key} would change what the resumed run trains (it continues with its "
+                "own config); at resume only the step and time budgets (train.steps, "
+                "train.max_minutes), logging, evaluation (eval.*), the device and the data "
+                "location may change; start a new run to train with another value"
+            )
+    check_values(config)
+    return config, int(state["step"])
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

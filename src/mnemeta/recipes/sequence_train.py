@@ -24,6 +24,7 @@ from mnemeta.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from mnemeta.checks import check_values
 from mnemeta.config import Config
 from mnemeta.data.sequences import CopySampler, OneShotSequenceSampler
 from mnemeta.errors import ConfigError
@@ -37,9 +38,11 @@ from mnemeta.recipes.build import (
     pick_split,
 )
 from mnemeta.recipes.clock import TrainingClock
-from mnemeta.recipes.logging import MetricsLog
+from mnemeta.recipes.interrupt import StopRequests
+from mnemeta.recipes.logging import MetricsLog, log_period
 from mnemeta.recipes.meta_train import build_optimizer, build_schedule
-from mnemeta.recipes.resume import check_resumable, interrupted, resumed_clock
+from mnemeta.recipes.resume import check_resumable, resumed_clock
+from mnemeta.recipes.run_folder import RunFolder
 
 
 def build_network(config: Config, inputs: int, outputs: int) -> MemoryAugmentedNetwork:
@@ -81,13 +84,34 @@ def build_task(config: Config, device: torch.device, *, progress: bool) -> Seque
 
 
 def sequence_train(
-    config: Config, *, resume: str | None = None, progress: bool | None = None
+    config: Config,
+    *,
+    resume: str | None = None,
+    progress: bool | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Train an ``ntm`` / ``mann`` / ``lstm`` config; returns the summary in ``result.json``."""
-    t_start = time.perf_counter()
-    tc = config.train
+    """Train an ``ntm`` / ``mann`` / ``lstm`` config; returns the summary in ``result.json``.
+
+    The run folder, resuming and interrupts behave as in
+    :func:`mnemeta.recipes.meta_train.meta_train`.
+    """
+    check_values(config)
     if learner_spec(config).recipe != "sequence":
         raise ConfigError(f"{config.model.algorithm!r} is not a sequence model")
+    if config.train.compile != "off":
+        raise ConfigError(
+            f"train.compile={config.train.compile!r} applies to the episodic learners' meta-loss; the "
+            f"sequence models ({config.model.algorithm}) run eagerly: leave it at 'off'"
+        )
+    with RunFolder(config.run_dir, resume=resume is not None, overwrite=overwrite) as folder:
+        return _sequence_train(config, folder, resume, progress)
+
+
+def _sequence_train(
+    config: Config, folder: RunFolder, resume: str | None, progress: bool | None
+) -> dict[str, Any]:
+    t_start = time.perf_counter()
+    tc = config.train
     device = pick_device(config.device)
     run_dir = config.run_dir
     show = sys.stderr.isatty() if progress is None else progress
@@ -102,11 +126,6 @@ def sequence_train(
     count = 0
     start = 0
     carry: RecurrentState | None = None
-    if tc.compile != "off":
-        raise ConfigError(
-            f"train.compile={tc.compile!r} applies to the episodic learners' meta-loss; the "
-            f"sequence models ({config.model.algorithm}) run eagerly: leave it at 'off'"
-        )
     clock = TrainingClock(tc.max_minutes)
     if resume is not None:
         state = load_checkpoint(resume)
@@ -122,7 +141,7 @@ def sequence_train(
         if state.get("carry") is not None:
             carry = _carry_from_tensors(model, state["carry"], device)
         clock = resumed_clock(state, config, resume)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    folder.begin()
     atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
     log = MetricsLog(run_dir, resume_step=start if resume is not None else None)
 
@@ -153,7 +172,8 @@ def sequence_train(
         range(start, tc.steps), initial=start, total=tc.steps, disable=not show, desc=config.name
     )
     done, out_of_time = start, False
-    try:
+    log_every = log_period(config)
+    with StopRequests() as stop:
         for step in bar:
             loss, metrics, carry = task.train_loss(model, tc.meta_batch, carry)
             optimizer.zero_grad(set_to_none=True)
@@ -168,10 +188,16 @@ def sequence_train(
             done = step + 1
             out_of_time = clock.out_of_time()
             last = done == tc.steps or out_of_time
-            if done % tc.log_every == 0 or last:
+            if done % log_every == 0 or last:
                 row: dict[str, Any] = {"step": done, "sequences": done * tc.meta_batch}
-                row.update({k: float(v) / count for k, v in running.items()})
-                row["seconds"] = round(clock.this_run(), 2)
+                # Accuracies in percent, as every accuracy mnemeta shows.
+                row.update(
+                    {
+                        k: (100.0 if k.startswith("accuracy") else 1.0) * float(v) / count
+                        for k, v in running.items()
+                    }
+                )
+                row["seconds"] = round(clock.seconds(), 2)  # of the whole run, across resumes
                 running, count = {}, 0
                 log.log(row)
                 summary_line = "  ".join(
@@ -182,15 +208,15 @@ def sequence_train(
                     print(
                         f"step {done}/{tc.steps}  {summary_line}  {row['seconds']:.0f}s", flush=True
                     )
-            if done % tc.checkpoint_every == 0 or last:
+            if done % tc.checkpoint_every == 0 or last or stop.requested:
                 checkpoint(done)
+            if stop.requested and not last:
+                bar.close()
+                log.close()
+                raise stop.interrupted(done, tc.steps, run_dir)
             if out_of_time:
                 clock.announce_stop(done, tc.steps)
                 break
-    except KeyboardInterrupt:
-        bar.close()
-        log.close()
-        raise interrupted(run_dir) from None
     bar.close()
     t_train = clock.finish(device)
 
