@@ -100,8 +100,8 @@ def sequence_train(
         raise ConfigError(f"{config.model.algorithm!r} is not a sequence model")
     if config.train.compile != "off":
         raise ConfigError(
-            f"train.compile={config.train.compile!r} applies to the episodic learners' meta-loss; the "
-            f"sequence models ({config.model.algorithm}) run eagerly: leave it at 'off'"
+            f"train.compile={config.train.compile!r} applies to the episodic learners' meta-loss; "
+            f"the sequence models ({config.model.algorithm}) run eagerly: leave it at 'off'"
         )
     with RunFolder(config.run_dir, resume=resume is not None, overwrite=overwrite) as folder:
         return _sequence_train(config, folder, resume, progress)
