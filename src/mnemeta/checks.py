@@ -98,9 +98,10 @@ def check_values(config: Any, prefix: str = "") -> None:
         if problem is not None:
             default = f.default if f.default is not dataclasses.MISSING else None
             example = (
-                f"; e.g. --set {key}={_cli_value(default)} (the default)"
-                if default is not None and not rule.choices
-                else ""
+                ""
+                if rule.choices
+                else f"; e.g. --set {key}={'none' if default is None else _cli_value(default)} "
+                "(the default)"
             )
             shown = repr(value) if isinstance(value, str) else _cli_value(value)
             raise ConfigError(f"{key}={shown} {problem}{example}")

@@ -277,7 +277,7 @@ def _resumed_config(args: argparse.Namespace, overrides: list[str]) -> tuple[Con
     print(
         f"resuming {config.run_dir} at step {step} of {config.train.steps}, with the run's own "
         "config" + (f" and --set {', '.join(args.overrides)}" if args.overrides else ""),
-        file=sys.stderr,
+        flush=True,
     )
     return config, str(checkpoint)
 

@@ -128,7 +128,9 @@ def _meta_train(
         torch.set_rng_state(state["rng"]["torch"])
         running = state["running"].to(device)
         start = int(state["step"])
-        clock = resumed_clock(state, config, resume)
+        clock = resumed_clock(
+            state, config, resume, evaluated=(run_dir / "result.json").is_file()
+        )
     folder.begin()
     atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
     log = MetricsLog(run_dir, resume_step=start if resume is not None else None)
@@ -201,6 +203,10 @@ def _meta_train(
                         f"acc {row['accuracy']:.2f}%  {row['seconds']:.0f}s",
                         flush=True,
                     )
+            elif not show and done == start + 1:
+                # Without a progress bar, say at once that training runs (the first logged
+                # line may be minutes away); not a metrics row, so resumed logs stay exact.
+                print(f"step {done}/{tc.steps}  (a line every {log_every} steps)", flush=True)
             if val_sampler is not None and done % tc.eval_every == 0:
                 val = evaluate(
                     learner,

@@ -64,10 +64,16 @@ def check_resumable(saved: dict[str, Any], config: Config, path: str) -> None:
         )
 
 
-def resumed_clock(state: dict[str, Any], config: Config, path: str) -> TrainingClock:
+def resumed_clock(
+    state: dict[str, Any], config: Config, path: str, *, evaluated: bool = True
+) -> TrainingClock:
     """The training clock of a resumed run, after checking that the run has budget left:
-    steps below ``train.steps`` and, with ``train.max_minutes``, minutes."""
+    steps below ``train.steps`` and, with ``train.max_minutes``, minutes. A run that trained
+    to its end but was stopped before its final evaluation (``evaluated=False``: no
+    ``result.json``) resumes with no steps left: it evaluates and writes its results."""
     start, steps = int(state["step"]), config.train.steps
+    if start >= steps and not evaluated:
+        return TrainingClock(0.0, float(state.get("train_seconds", 0.0)))
     if start >= steps:
         further = (
             "its linear schedule has ended: start a new run to train further"

@@ -140,7 +140,9 @@ def _sequence_train(
         start = int(state["step"])
         if state.get("carry") is not None:
             carry = _carry_from_tensors(model, state["carry"], device)
-        clock = resumed_clock(state, config, resume)
+        clock = resumed_clock(
+            state, config, resume, evaluated=(run_dir / "result.json").is_file()
+        )
     folder.begin()
     atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
     log = MetricsLog(run_dir, resume_step=start if resume is not None else None)
@@ -208,6 +210,10 @@ def _sequence_train(
                     print(
                         f"step {done}/{tc.steps}  {summary_line}  {row['seconds']:.0f}s", flush=True
                     )
+            elif not show and done == start + 1:
+                # Without a progress bar, say at once that training runs (the first logged
+                # line may be minutes away); not a metrics row, so resumed logs stay exact.
+                print(f"step {done}/{tc.steps}  (a line every {log_every} steps)", flush=True)
             if done % tc.checkpoint_every == 0 or last or stop.requested:
                 checkpoint(done)
             if stop.requested and not last:
