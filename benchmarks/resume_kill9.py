@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from common import header
 
 SETTINGS = [
@@ -57,7 +58,7 @@ def run(
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     assert proc.stdout is not None
     if kill_after is None:
-        out, err = proc.communicate()
+        _, err = proc.communicate()
         if proc.returncode != 0:
             raise SystemExit(f"{' '.join(args)} failed: {err.strip().splitlines()[-1:]}")
         return 0, 0.0
@@ -81,7 +82,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--kills", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-delay", type=float, default=2.0, help="seconds after training starts")
+    parser.add_argument(
+        "--max-delay", type=float, default=2.0, help="most seconds after training starts"
+    )
     parser.add_argument("--out", default="benchmarks/results/resume_kill9.json")
     a = parser.parse_args()
     rng = random.Random(a.seed)
@@ -96,7 +99,6 @@ def main() -> None:
     t_reference = time.perf_counter() - t0
 
     kills: list[dict[str, Any]] = []
-    resumes_refused = 0
     for i in range(a.kills + 1):
         has_checkpoint = (killed / "checkpoint.pt").is_file()
         if has_checkpoint:
@@ -109,7 +111,7 @@ def main() -> None:
             code, _ = run(args, env)
             break
         delay = rng.uniform(0.05, a.max_delay)
-        code, trained = run(args, env, kill_after=delay)
+        code, _ = run(args, env, kill_after=delay)
         temps = sorted(p.name for p in killed.glob(".*.tmp")) if killed.exists() else []
         step = (
             int(torch.load(killed / "checkpoint.pt", weights_only=True)["step"])
@@ -144,7 +146,6 @@ def main() -> None:
         "settings": SETTINGS,
         "kills": kills,
         "kills_mid_checkpoint_write": sum(k["mid_checkpoint_write"] for k in kills),
-        "resumes_refused": resumes_refused,
         "metrics_rows": len(rows(reference)),
         "metrics_rows_identical": same_rows,
         "final_weights_identical": same_weights,
