@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnemeta.errors import MnemetaError
+from mnemeta.errors import ConfigError, MnemetaError
 from mnemeta.store import Hit, RecordNotFound, TaskMemory, TaskRecord
 from mnemeta.store.index import IVF_MIN_TRAIN
 
@@ -339,3 +339,16 @@ def test_a_long_lock_names_the_operation(tmp_path: Path, monkeypatch: pytest.Mon
             holder.execute("ROLLBACK")
             holder.close()
         assert len(mem) == 0
+
+
+def test_sparse_params_are_a_config_error(tmp_path: Path) -> None:
+    with TaskMemory(tmp_path / "m", dim=DIM) as mem:
+        sparse = torch.eye(3).to_sparse()
+        with pytest.raises(ConfigError, match=r"params\['w'\] is a torch.sparse_coo tensor; .* "):
+            mem.add(torch.ones(DIM), params={"w": sparse})
+        meta = torch.empty(2, device="meta")
+        with pytest.raises(ConfigError, match=r"params\['m'\] is on the meta device"):
+            mem.add(torch.ones(DIM), params={"m": meta})
+        assert len(mem) == 0
+        rid = mem.add(torch.ones(DIM), params={"w": sparse.to_dense()})
+        assert torch.equal(mem.params(rid)["w"], torch.eye(3))
