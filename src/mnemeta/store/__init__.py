@@ -11,6 +11,14 @@ A layer below the algorithms: it knows tensors, files and indexes, nothing of le
 
 from mnemeta.store.index import KINDS as INDEX_KINDS
 from mnemeta.store.records import Hit, RecordNotFound, TaskRecord
+from mnemeta.store.schema import StoreDamaged
 from mnemeta.store.task_memory import TaskMemory
 
-__all__ = ["INDEX_KINDS", "Hit", "RecordNotFound", "TaskMemory", "TaskRecord"]
+__all__ = [
+    "INDEX_KINDS",
+    "Hit",
+    "RecordNotFound",
+    "StoreDamaged",
+    "TaskMemory",
+    "TaskRecord",
+]
