@@ -1,5 +1,5 @@
 """A damaged tasks.sqlite (issue 11): found on open and by compact, refused with StoreDamaged,
-and left as it was."""
+left as it was, and what is readable copied out by salvage into a healthy store."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from mnemeta.errors import StoreError
-from mnemeta.store import StoreDamaged, TaskMemory
+from mnemeta.store import StoreDamaged, TaskMemory, salvage
 from mnemeta.store import records as records_mod
 from mnemeta.store.maintenance import STALE_TMP_S
 
@@ -111,6 +111,76 @@ def test_export_never_writes_a_damaged_copy(pristine: Path, tmp_path: Path) -> N
     with mem, pytest.raises(StoreDamaged, match="integrity_check: row 100 missing"):
         mem.export(tmp_path / "copy")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["index_entry"]
+    report = salvage(path, tmp_path / "copy")  # salvage rebuilds it, whole
+    assert report["count"] == N and report["lost_ids"] == [] and "row 100" in report["damage"]
+    with TaskMemory(tmp_path / "copy") as copy:
+        assert copy.compact()["count"] == N
+
+
+@pytest.mark.parametrize("kind", ["table_page", "index_page", "truncated"])
+def test_salvage_copies_what_is_readable(pristine: Path, tmp_path: Path, kind: str) -> None:
+    path = damaged_copy(pristine, tmp_path, kind)
+    before = hashes(path)
+    report = salvage(path, tmp_path / "rescued")
+    assert hashes(path) == before  # the source is only read
+    lost = report["lost_ids"]
+    assert report["expected"] == N and report["count"] == N - len(lost)
+    assert report["params_lost_ids"] == [] and report["damage"]
+    if kind == "index_page":
+        assert lost == []  # the rows are intact: the copy is whole
+    else:
+        assert 0 < len(lost) < N
+    if kind == "table_page":  # one leaf page: one run of ids
+        assert lost == list(range(lost[0], lost[-1] + 1))
+    with TaskMemory(tmp_path / "rescued") as copy:
+        ids = copy.ids()
+        assert ids == [i for i in range(1, N + 1) if i not in lost]
+        assert all(same_record(copy, rid) for rid in ids)
+        assert copy.search(damage.embedding(ids[-1] - 1), k=1)[0].id == ids[-1]
+        # Lost ids are never given again: their records may still be in a backup.
+        assert copy.add(torch.ones(damage.DIM)) == N + 1
+        assert copy.compact()["count"] == len(ids) + 1  # integrity_check passes
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([kind, "rescued"])
+
+
+def test_salvage_keeps_records_whose_tensor_file_is_gone(pristine: Path, tmp_path: Path) -> None:
+    path = damaged_copy(pristine, tmp_path, "table_page")
+    with sqlite3.connect(f"{(path / 'tasks.sqlite').as_uri()}?mode=ro", uri=True) as conn:
+        rel = conn.execute("SELECT params FROM tasks WHERE id = 50").fetchone()[0]
+    (path / "tensors" / rel).unlink()
+    report = salvage(path, tmp_path / "rescued")
+    assert report["params_lost_ids"] == [50]
+    with TaskMemory(tmp_path / "rescued", read_only=True) as copy:
+        assert copy.params(50) == {} and copy.get(50).info == {"i": 50}
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("random_bytes", r"damaged \(file is not a database\) and none of its records can be"),
+        ("emptied", r"damaged \(no such table: tasks\) and none of its records can be read"),
+    ],
+)
+def test_salvage_says_when_nothing_can_be_read(
+    pristine: Path, tmp_path: Path, kind: str, message: str
+) -> None:
+    path = tmp_path / kind
+    shutil.copytree(pristine, path)
+    if kind == "emptied":
+        (path / "tasks.sqlite").write_bytes(b"")
+    else:
+        damage.damage(path, kind)
+    with pytest.raises(StoreError, match=message):
+        salvage(path, tmp_path / "rescued")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [kind]  # no copy, no temp folder
+
+
+def test_salvage_of_a_healthy_store_is_a_whole_copy(pristine: Path, tmp_path: Path) -> None:
+    report = salvage(pristine, tmp_path / "copy")
+    assert report["count"] == N and report["lost_ids"] == [] and report["damage"] is None
+    with TaskMemory(tmp_path / "copy", read_only=True) as copy:
+        assert copy.store_id == TaskMemory(pristine, read_only=True).store_id
+        assert all(same_record(copy, rid) for rid in (1, 50, N))
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from mnemeta.errors import ConfigError, MnemetaError, StoreError
-from mnemeta.store import Hit, RecordNotFound, TaskMemory, TaskRecord
+from mnemeta.store import Hit, RecordNotFound, TaskMemory, TaskRecord, salvage
 from mnemeta.store.index import IVF_MIN_TRAIN
 from mnemeta.store.maintenance import STALE_TMP_S
 
@@ -371,6 +371,8 @@ def test_export_destination_inside_the_store_is_refused(tmp_path: Path) -> None:
         (tmp_path / "file").write_text("x")
         with pytest.raises(StoreError, match=r"cannot create the folder for the copy at .*file/c"):
             mem.export(tmp_path / "file" / "copy")
+    with pytest.raises(StoreError, match="is inside the task memory"):
+        salvage(path, path / "sub")
     assert hashes(path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["file", "mem"]
 
 
