@@ -197,8 +197,7 @@ def _export(args: argparse.Namespace) -> int:
         # A damaged store: copy record by record what SQLite can still read.
         report = salvage(args.path, args.dest)
         db = Path(args.path) / "tasks.sqlite"
-        found = f"{db} is damaged ({report['damage']})" if report["damage"] else str(e)
-        return _salvaged(args, report, found.split("; ")[0])
+        return _salvaged(args, report, f"{db} is damaged ({report['damage'] or e.detail})")
     if args.json:
         print(json.dumps(report))
         return 0

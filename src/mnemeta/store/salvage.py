@@ -177,8 +177,7 @@ def _damage(conn: sqlite3.Connection, db: Path) -> str | None:
     try:
         check_health(conn, db, full=True, unchanged=True)
     except StoreDamaged as e:
-        text = str(e)
-        return text[text.find("(") + 1 : text.find(");")] if "(" in text else text
+        return e.detail
     return None
 
 

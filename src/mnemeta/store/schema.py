@@ -74,7 +74,9 @@ _SQLITE_NOTADB = 26
 
 class StoreDamaged(StoreError):
     """tasks.sqlite is damaged: restore a backup, or export the records that are still readable
-    (``mnemeta memory export``, :func:`mnemeta.store.salvage`)."""
+    (``mnemeta memory export``, :func:`mnemeta.store.salvage`). ``detail`` is what was found."""
+
+    detail: str = ""
 
 
 def is_damage(e: sqlite3.DatabaseError) -> bool:
@@ -103,7 +105,9 @@ def damaged(
         )
     else:
         fix = "Restore the store from a backup: no record can be read from this file"
-    return StoreDamaged(f"{db} is damaged ({detail});{done} {fix}")
+    err = StoreDamaged(f"{db} is damaged ({detail});{done} {fix}")
+    err.detail = detail  # kept by pickling: BaseException pickles __dict__
+    return err
 
 
 def truncation(db: Path) -> tuple[int, int, int] | None:
