@@ -86,6 +86,9 @@ def test_add_info_search_export_compact(
 
     code, out, _ = run(["export", mem, str(tmp_path / "copy")], capsys)
     assert code == 0 and out.startswith(f"exported 6 tasks to {tmp_path / 'copy'} (")
+    deep = tmp_path / "backups" / "2026" / "copy"  # missing parents are made
+    code, out, _ = run(["export", mem, str(deep)], capsys)
+    assert code == 0 and out.startswith(f"exported 6 tasks to {deep} (")
     code, out, _ = run(["compact", mem], capsys)
     assert code == 0 and "6 tasks, removed 0 orphan file(s)" in out
     with TaskMemory(tmp_path / "copy", read_only=True) as copy:
