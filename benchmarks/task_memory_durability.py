@@ -21,9 +21,11 @@ of asserted:
    every logged id is read back and compared with what was added; last, ``compact()`` removes
    the tensor files of adds that were killed before their commit.
 3. Damaged and foreign files: random bytes over tasks.sqlite, a folder holding an unrelated
-   file, a truncated index.faiss (and two extras: a file passed as the folder, another
-   program's SQLite database under our name). Reported: the error or warning (first line),
-   and whether every file that was in the folder is byte-identical (SHA-256) afterwards.
+   file, a truncated index.faiss (and extras: a file passed as the folder, another program's
+   SQLite database under our name, and since issue 11 random bytes over one table leaf page
+   and over one index leaf page of tasks.sqlite, and tasks.sqlite cut in half, each also
+   salvaged). Reported: the error or warning (first line), whether every file that was in the
+   folder is byte-identical (SHA-256) afterwards, and what a salvage copied and lost.
 
 Children are forked from a forkserver that has imported torch, FAISS and mnemeta already (as in
 the tests), so they start in milliseconds; every child runs torch and FAISS on one thread.
@@ -51,11 +53,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "store"))
+import store_damage
 import store_workers as workers
 
 from common import header
 from mnemeta.errors import MnemetaError
-from mnemeta.store import TaskMemory
+from mnemeta.store import TaskMemory, salvage
 from mnemeta.store import index as index_mod
 
 DIM = workers.DIM
@@ -331,7 +334,54 @@ def damaged(work: Path) -> dict[str, Any]:
     conn.commit()
     conn.close()
     out["extra: another program's SQLite as tasks.sqlite"] = [attempt(theirs, work, dim=DIM)]
+
+    # Since issue 11: damage inside tasks.sqlite that SQLite only meets when a query reaches
+    # the page (the store used to open and report itself healthy).
+    for name, what in (
+        ("table_page", "one table leaf page of tasks.sqlite overwritten with random bytes"),
+        ("index_page", "one index leaf page of tasks.sqlite overwritten with random bytes"),
+        ("half_db", "tasks.sqlite cut to half its size"),
+    ):
+        path = work / name
+        small_store(path, 600)
+        conn = sqlite3.connect(path / "tasks.sqlite")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.close()
+        db = path / "tasks.sqlite"
+        if name == "half_db":
+            db.write_bytes(db.read_bytes()[: db.stat().st_size // 2])
+        else:
+            tree = "tasks" if name == "table_page" else "tasks_by_time"
+            leaves = store_damage.pages(db)[(tree, "leaf")]
+            store_damage.overwrite_page(db, leaves[len(leaves) // 2])
+        for side in ("-wal", "-shm"):  # left by dbstat's reader; the WAL is empty (checkpointed)
+            Path(f"{db}{side}").unlink(missing_ok=True)
+        out[f"extra: {what}"] = [
+            attempt(path, work),
+            attempt(path, work, read_only=True),
+            salvaged(path, work / f"{name}_salvaged", work),
+        ]
     return out
+
+
+def salvaged(path: Path, dest: Path, work: Path) -> dict[str, Any]:
+    """salvage() of a damaged store: records copied and lost, and whether every copied record
+    is the one that was added (embedding, params, info), and the source unchanged."""
+    before = hashes(path)
+    report = salvage(path, dest)
+    with TaskMemory(dest, read_only=True) as copy:
+        ids = copy.ids()
+        right = sum(intact(copy, rid, rid - 1) for rid in ids)
+    return {
+        "salvage": True,
+        "records": report["expected"],
+        "copied": report["count"],
+        "copied_intact": right,
+        "lost": len(report["lost_ids"]),
+        "params_lost": len(report["params_lost_ids"]),
+        "damage": str(report["damage"]).replace(str(work), "<tmp>"),
+        "source_bytes_unchanged": hashes(path) == before,
+    }
 
 
 def main() -> None:

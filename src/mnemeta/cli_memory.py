@@ -9,12 +9,18 @@
 
 Tensor inputs are safetensors files (no pickle): one tensor, or the one named by ``--key``.
 Every subcommand prints readable lines, or JSON with ``--json``.
+
+Errors are one line on stderr, exit 2, worded in flags rather than Python arguments. A damaged
+store is refused by every subcommand but ``export``, which then copies what is still readable
+(:func:`mnemeta.store.salvage`): exit 0 with a warning if every record was read, exit 2 with the
+copy written and the lost ids named if some were not.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -106,21 +112,25 @@ def _search(args: argparse.Namespace) -> int:
 
     if args.k < 1:
         raise ConfigError(f"--k {args.k} must be at least 1")
+    from mnemeta.store import RecordNotFound
+
     with _open(args.path, read_only=True) as mem:
         if args.id is not None:
-            queries = mem.get(args.id).embedding[None]
+            try:
+                queries = mem.get(args.id).embedding[None]
+            except RecordNotFound as e:
+                ids = f"ids run from 1 to {e.max_id}" if e.max_id else "it holds no records"
+                raise StoreError(
+                    f"no record {args.id} in the task memory at {args.path} ({ids}); pass --id "
+                    "of a stored record (`mnemeta memory add` and `search` print them)"
+                ) from None
             # The record itself would be its own best match: ask for one more and drop it.
             results = [[h for h in mem.search_many(queries, args.k + 1)[0] if h.id != args.id]]
             results = [results[0][: args.k]]
             labels = [f"record {args.id}"]
         else:
             query = _tensor(args.query_file, args.key, "--query-file")
-            queries = query[None] if query.ndim == 1 else query
-            if queries.ndim != 2 or queries.shape[1] != mem.dim:
-                raise StoreError(
-                    f"--query-file {args.query_file} holds shape {tuple(query.shape)}; this "
-                    f"memory needs ({mem.dim},) or (Q, {mem.dim})"
-                )
+            queries = _vectors(query, mem.dim, f"--query-file {args.query_file}")
             results = mem.search_many(queries.to(torch.float32), args.k)
             labels = [f"query {i + 1}" for i in range(len(results))]
         total = len(mem)
@@ -138,20 +148,32 @@ def _search(args: argparse.Namespace) -> int:
 
 def _add(args: argparse.Namespace) -> int:
     from mnemeta.store import TaskMemory
+    from mnemeta.store.schema import MARKER
 
     emb = _tensor(args.embedding_file, args.key, "--embedding-file")
-    embs = emb[None] if emb.ndim == 1 else emb
-    if embs.ndim != 2:
+    flag = f"--embedding-file {args.embedding_file}"
+    if emb.ndim not in (1, 2) or emb.numel() == 0:
         raise StoreError(
-            f"--embedding-file {args.embedding_file} holds shape {tuple(emb.shape)}; pass a "
-            "(D,) embedding or (N, D) for N tasks"
+            f"{flag} holds shape {tuple(emb.shape)}; pass (D,) or (N, D) for N tasks (N, D >= 1)"
         )
     params = _tensors(args.params_file, "--params-file") if args.params_file else None
     info = _json_object(args.info, "--info")
     metrics = _json_object(args.metrics, "--metrics")
+    for key, value in (metrics or {}).items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"--metrics must map names to numbers; got {key!r}: {value!r}")
     path = Path(args.path)
-    created = not (path / "mnemeta-task-memory.json").exists()
-    with TaskMemory(path, dim=int(embs.shape[1]) if created else None, index=args.index) as mem:
+    created = not (path / MARKER).exists()  # then TaskMemory refuses a folder that is not empty
+    dim = int(emb.shape[-1])
+    with TaskMemory(
+        path, dim=dim if created else None, index=args.index if created else None
+    ) as mem:
+        if args.index is not None and args.index != mem.kind:
+            raise StoreError(
+                f"--index {args.index}: {path} was created with index {mem.kind}; drop --index "
+                f"(it only applies when creating a memory), or pass --index {mem.kind}"
+            )
+        embs = _vectors(emb, mem.dim, flag)
         n = len(embs)
         ids = mem.add_many(embs, [params] * n, [info] * n, [metrics] * n)
         total = len(mem)
@@ -166,13 +188,57 @@ def _add(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    with _open(args.path, read_only=True) as mem:
-        report = mem.export(args.dest)
+    from mnemeta.store import StoreDamaged, salvage
+
+    try:
+        with _open(args.path, read_only=True) as mem:
+            report = mem.export(args.dest)
+    except StoreDamaged as e:
+        # A damaged store: copy record by record what SQLite can still read.
+        report = salvage(args.path, args.dest)
+        db = Path(args.path) / "tasks.sqlite"
+        return _salvaged(args, report, f"{db} is damaged ({report['damage'] or e.detail})")
     if args.json:
         print(json.dumps(report))
         return 0
     print(f"exported {report['count']:,} tasks to {report['path']} ({_size(report['disk_bytes'])})")
     return 0
+
+
+def _salvaged(args: argparse.Namespace, report: dict[str, Any], damage: str) -> int:
+    """Report a salvage: exit 0 with a warning if nothing was lost, else exit 2."""
+    lost, no_params = report["lost_ids"], report["params_lost_ids"]
+    if args.json:
+        print(json.dumps(report))
+    elif not lost and not no_params:
+        print(
+            f"exported {report['count']:,} tasks to {report['path']} "
+            f"({_size(report['disk_bytes'])})"
+        )
+    copy = report["path"]
+    if not lost and not no_params:
+        print(
+            f"warning: {damage}; every record was readable: the copy at {copy} is whole and "
+            f"healthy. Use it in place of {args.path} (keep the damaged one until you have "
+            "checked the copy)",
+            file=sys.stderr,
+        )
+        return 0
+    parts = []
+    if lost:
+        parts.append(f"{len(lost):,} could not be read (ids {_ranges(lost)})")
+    if no_params:
+        parts.append(
+            f"{len(no_params):,} were copied without their parameters, whose files are missing "
+            f"or damaged (ids {_ranges(no_params)})"
+        )
+    print(
+        f"error: {damage}; exported the {report['count']:,} readable records of "
+        f"{report['expected']:,} to {copy}, but {' and '.join(parts)}. Use the copy in place "
+        f"of {args.path}, or restore a backup",
+        file=sys.stderr,
+    )
+    return 2
 
 
 def _compact(args: argparse.Namespace) -> int:
@@ -191,14 +257,40 @@ def _compact(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- helpers
 def _open(path: str, *, read_only: bool) -> Any:
+    """An existing task memory (never creates one), with the CLI's words for a missing one."""
     from mnemeta.store import TaskMemory
+    from mnemeta.store.schema import MARKER
 
-    if not Path(path).exists():
+    p = Path(path)
+    create = "create one with `mnemeta memory add PATH --embedding-file E.safetensors`"
+    if not p.exists():
+        raise StoreError(f"no task memory at {path}; {create}, or pass an existing one")
+    if p.is_dir() and not (p / MARKER).exists():
         raise StoreError(
-            f"no task memory at {path}; create one with "
-            "`mnemeta memory add PATH --embedding-file E.safetensors`, or pass an existing one"
+            f"{path} is not a mnemeta task memory (no {MARKER}); nothing was changed. Pass the "
+            f"folder of an existing task memory, or {create}"
         )
     return TaskMemory(path, create=False, read_only=read_only)
+
+
+def _vectors(x: Any, dim: int, what: str) -> Any:
+    """``x`` ``(D,)`` or ``(N, D)`` as ``(N, D)``, checked as the store would, in CLI words."""
+    import torch
+
+    rows = x[None] if x.ndim == 1 else x
+    if rows.ndim != 2 or rows.shape[1] != dim or len(rows) == 0:
+        raise StoreError(
+            f"{what} holds shape {tuple(x.shape)}; this memory holds embeddings of dim {dim}: "
+            f"pass ({dim},) or (N, {dim})"
+        )
+    if not torch.isfinite(rows.double()).all():
+        raise DataError(f"{what} holds NaN or infinite values; pass finite embeddings")
+    if (rows == 0).all(dim=1).any():
+        raise DataError(
+            f"{what} holds an all-zero vector, which has no direction (cosine similarity is "
+            "undefined); pass non-zero embeddings"
+        )
+    return rows
 
 
 def _tensors(file: str, flag: str) -> dict[str, Any]:
@@ -244,6 +336,18 @@ def _json_object(text: str | None, flag: str) -> dict[str, Any] | None:
     if not isinstance(value, dict):
         raise ConfigError(f"{flag} must be a JSON object like '{{\"a\": 1}}', got {text!r}")
     return value
+
+
+def _ranges(ids: list[int], most: int = 6) -> str:
+    """``[1, 2, 3, 7, 9, 10]`` as ``"1-3, 7, 9-10"``, the first ``most`` runs then "..."."""
+    runs: list[list[int]] = []
+    for i in ids:
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    text = [f"{a}-{b}" if b > a else f"{a}" for a, b in runs[:most]]
+    return ", ".join(text) + (", ..." if len(runs) > most else "")
 
 
 def _hit_dict(hit: Any) -> dict[str, Any]:

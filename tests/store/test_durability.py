@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from mnemeta.errors import MnemetaError
-from mnemeta.store import TaskMemory
+from mnemeta.store import StoreDamaged, TaskMemory
 
 sys.path.insert(0, str(Path(__file__).parent))
 import store_workers as workers
@@ -135,9 +135,11 @@ def test_corrupted_database_is_refused_and_left_alone(tmp_path: Path) -> None:
     garbage = random.Random(1).randbytes(db.stat().st_size)
     db.write_bytes(garbage)
     before = {p.name: p.read_bytes() for p in path.iterdir() if p.is_file()}
-    with pytest.raises(MnemetaError, match=r"tasks.sqlite is not a mnemeta task memory \("):
+    # The folder has a marker, so this was a store: damaged, not someone else's file.
+    damaged = r"tasks.sqlite is damaged \(file is not a database\); nothing was changed\. Restore"
+    with pytest.raises(StoreDamaged, match=damaged):
         TaskMemory(path)
-    with pytest.raises(MnemetaError, match="is not a mnemeta task memory"):
+    with pytest.raises(StoreDamaged, match=damaged):
         TaskMemory(path, read_only=True)
     assert {p.name: p.read_bytes() for p in path.iterdir() if p.is_file()} == before
 

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import sqlite3
+import time
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
 
-from mnemeta.errors import MnemetaError
-from mnemeta.store import Hit, RecordNotFound, TaskMemory, TaskRecord
+from mnemeta.errors import ConfigError, MnemetaError, StoreError
+from mnemeta.store import Hit, RecordNotFound, TaskMemory, TaskRecord, salvage
 from mnemeta.store.index import IVF_MIN_TRAIN
+from mnemeta.store.maintenance import STALE_TMP_S
 
 DIM = 24
 
@@ -339,3 +343,85 @@ def test_a_long_lock_names_the_operation(tmp_path: Path, monkeypatch: pytest.Mon
             holder.execute("ROLLBACK")
             holder.close()
         assert len(mem) == 0
+
+
+def small_store(path: Path) -> None:
+    with TaskMemory(path, dim=DIM) as mem:
+        mem.add_many(torch.randn(5, DIM), params=[{"w": torch.ones(2)}] * 5)
+
+
+def hashes(folder: Path) -> dict[str, str]:
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.name.endswith(("-wal", "-shm"))  # SQLite's side files
+    }
+
+
+def test_export_destination_inside_the_store_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "mem"
+    small_store(path)
+    before = hashes(path)
+    with TaskMemory(path, read_only=True) as mem:
+        with pytest.raises(StoreError, match=r"mem is the task memory itself; nothing was"):
+            mem.export(path)
+        for inside in (path / "sub", path / "tensors" / "x", path / "." / "a" / ".." / "b"):
+            with pytest.raises(StoreError, match=r"is inside the task memory .*mem; nothing"):
+                mem.export(inside)
+        (tmp_path / "file").write_text("x")
+        with pytest.raises(StoreError, match=r"cannot create the folder for the copy at .*file/c"):
+            mem.export(tmp_path / "file" / "copy")
+    with pytest.raises(StoreError, match="is inside the task memory"):
+        salvage(path, path / "sub")
+    assert hashes(path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["file", "mem"]
+
+
+def test_refused_creation_creates_nothing(tmp_path: Path) -> None:
+    """A folder that is not a task memory is left as it was: no tensors/ folder either."""
+    for name, content in (("theirs", None), ("garbage", b"\x00not sqlite" * 100)):
+        folder = tmp_path / name
+        folder.mkdir()
+        if content is None:
+            conn = sqlite3.connect(folder / "tasks.sqlite")
+            conn.execute("CREATE TABLE todo (what TEXT)")
+            conn.commit()
+            conn.close()
+        else:
+            (folder / "tasks.sqlite").write_bytes(content)
+        before = hashes(folder)
+        with pytest.raises(StoreError, match="is not a mnemeta task memory"):
+            TaskMemory(folder, dim=DIM)
+        assert sorted(p.name for p in folder.iterdir()) == ["tasks.sqlite"]
+        assert hashes(folder) == before
+
+
+def test_stale_temp_files_are_removed_on_a_writable_open(tmp_path: Path) -> None:
+    """Temp files of writes killed mid-way (mnemeta.io names them .NAME.XXXXXXXX.tmp): old ones
+    go at the next writable open; young ones (maybe another process's write in progress) stay,
+    and a read-only open removes nothing."""
+    path = tmp_path / "mem"
+    small_store(path)
+    old_time = time.time() - STALE_TMP_S - 60
+    old = [path / ".index.faiss.0123abcd.tmp", path / ".mnemeta-task-memory.json.89abcdef.tmp"]
+    young = path / ".index.faiss.fedcba98.tmp"
+    for p in [*old, young]:
+        p.write_bytes(b"partial")
+    for p in old:
+        os.utime(p, (old_time, old_time))
+    TaskMemory(path, read_only=True).close()
+    assert all(p.exists() for p in [*old, young])
+    TaskMemory(path).close()
+    assert not any(p.exists() for p in old) and young.exists()
+
+
+def test_sparse_params_are_a_config_error(tmp_path: Path) -> None:
+    with TaskMemory(tmp_path / "m", dim=DIM) as mem:
+        sparse = torch.eye(3).to_sparse()
+        with pytest.raises(ConfigError, match=r"params\['w'\] is a torch.sparse_coo tensor; .* "):
+            mem.add(torch.ones(DIM), params={"w": sparse})
+        meta = torch.empty(2, device="meta")
+        with pytest.raises(ConfigError, match=r"params\['m'\] is on the meta device"):
+            mem.add(torch.ones(DIM), params={"m": meta})
+        assert len(mem) == 0
+        rid = mem.add(torch.ones(DIM), params={"w": sparse.to_dense()})
+        assert torch.equal(mem.params(rid)["w"], torch.eye(3))

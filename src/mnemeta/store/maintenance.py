@@ -1,9 +1,12 @@
-"""Housekeeping of a task memory: a consistent export, compaction, and its size on disk.
+"""Housekeeping of a task memory: a consistent export, compaction, stale temp files, and its
+size on disk.
 
 Both operations are safe while other processes use the store: the export reads one SQLite
 snapshot (the backup API) and builds the copy in a temporary folder that is renamed into place;
 compaction finds orphan tensor files under the write lock, when no add is between writing its
-file and committing its row. :class:`~mnemeta.store.TaskMemory` calls them under its own lock.
+file and committing its row. Both check what SQLite holds first (the export its copy, compaction
+the store), so that neither hands out nor "cleans" a damaged store.
+:class:`~mnemeta.store.TaskMemory` calls them under its own lock.
 """
 
 from __future__ import annotations
@@ -21,9 +24,12 @@ from mnemeta.errors import StoreError
 from mnemeta.io import fsync_dir, fsync_file
 from mnemeta.store.index_cache import IndexCache
 from mnemeta.store.records import Records
-from mnemeta.store.schema import DB, INDEX, TENSORS, write_marker
+from mnemeta.store.schema import DB, INDEX, TENSORS, check_health, write_marker
 
-STALE_TMP_S = 600.0  # compact() removes temp files this old: no live write takes that long
+# Temp files of atomic writes (``.NAME.XXXXXXXX.tmp``, mnemeta.io) this old are left by killed
+# writers: a live write of even a 1 GB index takes seconds and keeps touching its file. Removed
+# by compact() and by every writable open; a younger one may belong to another process's write.
+STALE_TMP_S = 600.0
 _USED_PARAMS = "SELECT params FROM tasks WHERE params NOT NULL"
 
 
@@ -36,11 +42,7 @@ def export(records: Records, cache: IndexCache, dest: str | os.PathLike[str]) ->
     at all.
     """
     out = Path(dest)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise StoreError(f"{out} exists and is not empty; export into a new folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.export-{secrets.token_hex(4)}.tmp"
-    tmp.mkdir()
+    tmp = export_folder(records.path, out)
     try:
         cache.catch_up()
         (tmp / TENSORS).mkdir()
@@ -49,6 +51,10 @@ def export(records: Records, cache: IndexCache, dest: str | os.PathLike[str]) ->
         copy = sqlite3.connect(tmp / DB, isolation_level=None)
         try:
             records.retry(lambda: records.conn.backup(copy), "copying records")
+            # The backup copies pages as they are: never hand out a copy SQLite finds damaged
+            # (integrity_check: an index entry that no longer matches its row passes the
+            # quick_check of every open, and would make the copy's compact refuse).
+            check_health(copy, records.db, full=True, unchanged=True)
             copy.execute("PRAGMA journal_mode=WAL")
             rels = [r[0] for r in copy.execute(_USED_PARAMS)]
             count = int(copy.execute("SELECT COUNT(*) FROM tasks").fetchone()[0])
@@ -69,10 +75,41 @@ def export(records: Records, cache: IndexCache, dest: str | os.PathLike[str]) ->
         fsync_dir(tmp)
         os.replace(tmp, out)  # POSIX: replaces a missing or empty folder atomically
         fsync_dir(out.parent)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise StoreError(
+            f"cannot write the copy at {out} ({e}); nothing was exported. Check the free space "
+            "and permissions there, or pass another folder"
+        ) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return {"path": str(out), "count": count, "disk_bytes": disk_bytes(out)}
+
+
+def export_folder(store: Path, out: Path) -> Path:
+    """Check the destination ``out`` of an export of ``store``; make and return the temp folder
+    beside it in which the copy is built (renamed to ``out`` when whole)."""
+    here, there = store.resolve(), out.resolve()
+    if there == here or here in there.parents:
+        where = (
+            "is the task memory itself" if there == here else f"is inside the task memory {store}"
+        )
+        raise StoreError(
+            f"{out} {where}; nothing was exported. Export into a new folder outside the store"
+        )
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise StoreError(f"{out} exists and is not empty; export into a new folder")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.parent / f".{out.name}.export-{secrets.token_hex(4)}.tmp"
+        tmp.mkdir()
+    except OSError as e:
+        raise StoreError(
+            f"cannot create the folder for the copy at {out} ({e}); nothing was exported. Pass "
+            "a destination whose parent is a folder you may write to"
+        ) from None
+    return tmp
 
 
 def compact(records: Records, cache: IndexCache) -> dict[str, Any]:
@@ -84,6 +121,9 @@ def compact(records: Records, cache: IndexCache) -> dict[str, Any]:
     """
     path = records.path
     before = disk_bytes(path)
+    # Before anything is removed: a damaged table could hide rows, whose tensor files would
+    # then look like orphans. integrity_check also compares every index entry with its row.
+    check_health(records.conn, records.db, full=True, unchanged=True)
 
     def drop_orphans() -> int:
         conn = records.conn
@@ -108,14 +148,7 @@ def compact(records: Records, cache: IndexCache) -> dict[str, Any]:
         return removed
 
     removed = records.retry(drop_orphans, "removing orphan files")
-    # Temp files of index or marker writes that a killed process left behind; a live
-    # writer's temp file is seconds old.
-    now = time.time()
-    for entry in path.iterdir():
-        temp = entry.name.startswith(".") and entry.name.endswith(".tmp")
-        if temp and entry.is_file() and now - entry.stat().st_mtime > STALE_TMP_S:
-            entry.unlink(missing_ok=True)
-            removed += 1
+    removed += remove_stale_temps(path)
     records.retry(lambda: records.conn.execute("VACUUM"), "vacuuming")
     records.retry(lambda: records.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)"), "checkpointing")
     cache.rebuild()
@@ -126,6 +159,24 @@ def compact(records: Records, cache: IndexCache) -> dict[str, Any]:
         "bytes_before": before,
         "bytes_after": disk_bytes(path),
     }
+
+
+def remove_stale_temps(folder: Path) -> int:
+    """Remove the temp files of index or marker writes that killed processes left in the store's
+    folder (older than :data:`STALE_TMP_S`); returns how many. Younger ones are left: they may be
+    another process's write in progress."""
+    removed = 0
+    now = time.time()
+    for entry in folder.iterdir():
+        if not (entry.name.startswith(".") and entry.name.endswith(".tmp")):
+            continue
+        try:
+            if entry.is_file() and now - entry.stat().st_mtime > STALE_TMP_S:
+                entry.unlink()
+                removed += 1
+        except OSError:  # renamed into place or removed meanwhile, or not ours to remove
+            continue
+    return removed
 
 
 def _walk(folder: Path) -> Iterator[os.DirEntry[str]]:

@@ -35,7 +35,7 @@ from mnemeta.io import fsync_dir
 from mnemeta.store.schema import DB, TENSORS, retry_busy
 
 TENSORS_PER_FOLDER = 10_000  # tensors/00012/ holds records 120000..129999
-_PARAMS_NAME = re.compile(r"^\d{5,}/\d+-[0-9a-f]{8}\.safetensors$")
+PARAMS_NAME = re.compile(r"^\d{5,}/\d+-[0-9a-f]{8}\.safetensors$")
 _FETCH = 65_536  # rows per fetchmany when reading embeddings back
 _IN_LIMIT = 900  # ids per "WHERE id IN (...)" (SQLite's default limit is 999 parameters)
 
@@ -66,7 +66,14 @@ class TaskRecord:
 
 
 class RecordNotFound(StoreError, KeyError):
-    """No record with this id (a :class:`KeyError` too, for ``except KeyError``)."""
+    """No record with this id (a :class:`KeyError` too, for ``except KeyError``).
+
+    ``id`` is the id asked for and ``max_id`` the largest in the store (``None`` when raised
+    without them), so that a caller such as the CLI can word its own message.
+    """
+
+    id: Any = None
+    max_id: int | None = None
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
@@ -281,15 +288,19 @@ class Records:
         return self.load_params(int(id), row[0])
 
     def not_found(self, rid: Any) -> RecordNotFound:
-        return RecordNotFound(
-            f"no record {rid} in the task memory at {self.path} (ids run from 1 to "
-            f"{self.max_id()}); pass an id returned by add() or search()"
+        top = self.max_id()
+        ids = f"ids run from 1 to {top}" if top else "it holds no records"
+        err = RecordNotFound(
+            f"no record {rid} in the task memory at {self.path} ({ids}); pass an id returned "
+            "by add() or search()"
         )
+        err.id, err.max_id = rid, top  # kept by pickling: BaseException pickles __dict__
+        return err
 
     def load_params(self, rid: int, rel: str | None) -> dict[str, Tensor]:
         if rel is None:
             return {}
-        if not _PARAMS_NAME.match(rel):
+        if not PARAMS_NAME.match(rel):
             raise StoreError(
                 f"record {rid} in {self.db} names an invalid tensor file {rel!r}: the store "
                 "is damaged; restore it from a copy made by `mnemeta memory export`"
@@ -381,9 +392,18 @@ def _params_bytes(params: Any) -> bytes | None:
         isinstance(k, str) and isinstance(v, Tensor) for k, v in params.items()
     ):
         raise ConfigError("params must be a dict of str -> torch.Tensor (or None)")
-    # clone(): safetensors refuses tensors that share memory (e.g. views of one flat buffer).
-    cpu = {k: v.detach().to("cpu").contiguous().clone() for k, v in params.items()}
+    for key, value in params.items():
+        # safetensors holds dense arrays only; .contiguous() would raise a bare RuntimeError.
+        if value.layout != torch.strided:
+            raise ConfigError(
+                f"params[{key!r}] is a {value.layout} tensor; safetensors stores dense tensors "
+                f"only: pass params[{key!r}].to_dense()"
+            )
+        if value.is_meta:
+            raise ConfigError(f"params[{key!r}] is on the meta device and holds no values")
     try:
+        # clone(): safetensors refuses tensors that share memory (views of one flat buffer).
+        cpu = {k: v.detach().to("cpu").contiguous().clone() for k, v in params.items()}
         return safetensors.torch.save(cpu, metadata={"format": "mnemeta-task-params"})
-    except Exception as e:  # safetensors' error type for unsupported tensors (sparse, ...)
+    except Exception as e:  # safetensors' own error type (quantized, nested tensors, ...)
         raise ConfigError(f"params cannot be stored as safetensors ({e})") from None

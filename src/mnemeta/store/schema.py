@@ -19,7 +19,8 @@ import json
 import random
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -65,6 +66,134 @@ SCHEMA = (
 _CREATION_NAMES = {DB, f"{DB}-wal", f"{DB}-shm", f"{DB}-journal", TENSORS}
 
 T = TypeVar("T")
+
+
+_SQLITE_CORRUPT = 11
+_SQLITE_NOTADB = 26
+
+
+class StoreDamaged(StoreError):
+    """tasks.sqlite is damaged: restore a backup, or export the records that are still readable
+    (``mnemeta memory export``, :func:`mnemeta.store.salvage`). ``detail`` is what was found."""
+
+    detail: str = ""
+
+
+def is_damage(e: sqlite3.DatabaseError) -> bool:
+    """Whether SQLite says the file itself is damaged (SQLITE_CORRUPT or SQLITE_NOTADB)."""
+    code = getattr(e, "sqlite_errorcode", None)  # Python 3.11+
+    if isinstance(code, int):
+        return code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+    msg = str(e).lower()
+    return "malformed" in msg or "not a database" in msg
+
+
+def damaged(
+    db: Path, detail: str, *, readable: bool = True, unchanged: bool = False
+) -> StoreDamaged:
+    """The error for a damaged tasks.sqlite: what SQLite found, and the two ways out.
+
+    ``readable``: some records may still be readable, so exporting them is worth a try (not
+    when SQLite cannot read the file at all). ``unchanged``: say that nothing was changed.
+    """
+    done = " nothing was changed." if unchanged else ""
+    if readable:
+        fix = (
+            "Restore the store from a backup, or copy the records that are still readable into a "
+            f"new folder with `mnemeta memory export {db.parent} NEW_FOLDER` "
+            "(mnemeta.store.salvage in Python)"
+        )
+    else:
+        fix = "Restore the store from a backup: no record can be read from this file"
+    err = StoreDamaged(f"{db} is damaged ({detail});{done} {fix}")
+    err.detail = detail  # kept by pickling: BaseException pickles __dict__
+    return err
+
+
+def truncation(db: Path) -> tuple[int, int, int] | None:
+    """``(pages left, pages in the header, bytes it should have)`` if ``db`` is shorter than its
+    header says (cut off by a full disk or a partial copy), else None."""
+    try:
+        with open(db, "rb") as f:
+            header = f.read(100)
+            size = f.seek(0, 2)
+    except OSError:
+        return None
+    if len(header) < 100 or not header.startswith(b"SQLite format 3\0"):
+        return None
+    page = int.from_bytes(header[16:18], "big")
+    page = 65536 if page == 1 else page
+    pages = int.from_bytes(header[28:32], "big")
+    if page < 512 or page & (page - 1) or size >= pages * page:
+        return None
+    return size // page, pages, pages * page
+
+
+def truncation_note(short: tuple[int, int, int]) -> str:
+    return f"truncated: {short[0]:,} of its {short[1]:,} pages are left"
+
+
+def check_health(conn: sqlite3.Connection, db: Path, *, full: bool, unchanged: bool) -> None:
+    """Raise :class:`StoreDamaged` unless SQLite's own check of ``db`` passes.
+
+    ``full=False``: ``PRAGMA quick_check``, every page's structure, O(file size) but no index
+    lookups (2 ms for 5,000 records of dim 256, 7 MB, in the page cache: see
+    :class:`~mnemeta.store.TaskMemory`); ``full=True``: ``PRAGMA integrity_check``, which also
+    checks that every index entry matches its row.
+    """
+    pragma = "integrity_check(1)" if full else "quick_check(1)"
+    try:
+        rows = retry_busy(
+            lambda: conn.execute(f"PRAGMA {pragma}").fetchall(), path=db, what="checking it"
+        )
+    except sqlite3.DatabaseError as e:
+        short = truncation(db)
+        detail = truncation_note(short) if short else str(e)
+        readable = "not a database" not in str(e)
+        raise damaged(db, detail, readable=readable, unchanged=unchanged) from None
+    if rows != [("ok",)]:
+        raise damaged(db, f"SQLite's {pragma[:-3]}: {check_summary(rows)}", unchanged=unchanged)
+
+
+def check_summary(rows: list[Any]) -> str:
+    """The first problem a ``quick_check``/``integrity_check`` reported, on one line."""
+    lines = [ln.strip() for r in rows for ln in str(r[0]).splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith("*** in database")]
+    first = lines[0] if lines else "no detail"
+    more = f", and {len(lines) - 1} more problem(s)" if len(lines) > 1 else ""
+    return f"{first}{more}"
+
+
+def store_error(
+    e: sqlite3.DatabaseError, db: Path, what: str, conn: sqlite3.Connection | None = None
+) -> StoreError:
+    """A one-line error for any SQLite failure that retry_busy did not absorb.
+
+    SQLite does not always call damage damage (VACUUM over a broken index page says "database
+    or disk is full"), so with ``conn`` another error is followed by a quick_check.
+    """
+    if is_damage(e):
+        return damaged(db, f"{e}, while {what}", readable="not a database" not in str(e))
+    if conn is not None:
+        try:
+            check_health(conn, db, full=False, unchanged=False)
+        except StoreDamaged as d:
+            return d
+        except (StoreError, sqlite3.Error):
+            pass
+    return StoreError(
+        f"SQLite failed on {db} while {what} ({e}); check that its disk has free space and that "
+        "you may read and write the store's files, then try again"
+    )
+
+
+@contextmanager
+def sqlite_errors(db: Path, what: str, conn: sqlite3.Connection | None = None) -> Iterator[None]:
+    """Turn a :class:`sqlite3.DatabaseError` raised inside into a :class:`StoreError`."""
+    try:
+        yield
+    except sqlite3.DatabaseError as e:
+        raise store_error(e, db, what, conn) from None
 
 
 def is_busy(e: sqlite3.OperationalError) -> bool:
@@ -127,8 +256,12 @@ def not_a_store(db: Path, reason: str) -> StoreError:
     )
 
 
-def read_meta(conn: sqlite3.Connection, db: Path) -> dict[str, str]:
-    """The ``meta`` table, after checking that this is a task memory this code can read."""
+def read_meta(conn: sqlite3.Connection, db: Path, *, marked: bool = False) -> dict[str, str]:
+    """The ``meta`` table, after checking that this is a task memory this code can read.
+
+    ``marked``: the folder has a marker, so it was a whole store: a tasks.sqlite that SQLite
+    cannot read, or that lost its tables, is a damaged store rather than another program's file.
+    """
 
     def query() -> list[Any]:
         return conn.execute("SELECT key, value FROM meta").fetchall()
@@ -136,7 +269,18 @@ def read_meta(conn: sqlite3.Connection, db: Path) -> dict[str, str]:
     try:
         rows = retry_busy(query, path=db, what="reading its metadata")
     except sqlite3.DatabaseError as e:  # "file is not a database", "no such table: meta", ...
-        raise not_a_store(db, str(e)) from None
+        if not marked:
+            raise not_a_store(db, str(e)) from None
+        if "no such table" in str(e):
+            raise damaged(
+                db,
+                f"{e}: the file was emptied or replaced",
+                readable=False,
+                unchanged=True,
+            ) from None
+        short = truncation(db)
+        detail = truncation_note(short) if short else str(e)
+        raise damaged(db, detail, readable="not a database" not in str(e), unchanged=True) from None
     meta = {str(k): str(v) for k, v in rows}
     if meta.get("format") != FORMAT:
         raise not_a_store(db, "its meta table names no mnemeta task memory format")

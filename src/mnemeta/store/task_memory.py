@@ -30,10 +30,23 @@ is whole.
 Nothing is unpickled: rows are SQL values and JSON, tensors are safetensors, the index is FAISS's
 own binary format behind a checksum.
 
+Damage: every open runs SQLite's ``PRAGMA quick_check`` (every page's structure) and
+:meth:`TaskMemory.compact` runs ``PRAGMA integrity_check`` (also every index entry against its
+row) before it removes anything; a damaged tasks.sqlite is refused with
+:class:`~mnemeta.store.StoreDamaged`, which names the file and says what SQLite found, and the
+files are left as they were. A broken page can otherwise hide until a query reaches it, and the
+store would look healthy meanwhile. Any other SQLite error of a public method is a
+:class:`~mnemeta.errors.StoreError` that names tasks.sqlite too. What is still readable of a
+damaged store is copied out by :func:`mnemeta.store.salvage` (``mnemeta memory export``).
+The quick_check reads the whole file once: with the file in the page cache, 0.5 ms for 5,000
+records of dim 32 (1 MB) and 2-4 ms for dim 256 (7 MB), about as long again as the rest of the
+open; it grows with the file (0.12 s for 100,000 × 256, 139 MB), as does reading index.faiss.
+
 Where the code is, one concern per module: :mod:`~mnemeta.store.records` (rows, tensor files,
 the add transaction, input checks), :mod:`~mnemeta.store.index_cache` (when the saved index is
 trusted, caught up, saved or rebuilt), :mod:`~mnemeta.store.maintenance` (export, compact),
-:mod:`~mnemeta.store.schema` (folder layout, SQLite schema, opening) and
+:mod:`~mnemeta.store.salvage` (copying the readable records out of a damaged store),
+:mod:`~mnemeta.store.schema` (folder layout, SQLite schema, opening, health checks) and
 :mod:`~mnemeta.store.index` (the FAISS indexes and their file format). This module is the
 handle that puts them together.
 """
@@ -62,12 +75,14 @@ from mnemeta.store.schema import (
     INDEX,
     MARKER,
     TENSORS,
+    check_health,
     connect,
     create_schema,
     may_create_in,
     read_marker,
     read_meta,
     retry_busy,
+    sqlite_errors,
     write_marker,
 )
 
@@ -77,19 +92,27 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def _locked(method: Callable[P, R]) -> Callable[P, R]:
-    """Serialise calls on one handle: its SQLite connection and FAISS index are shared state."""
+def _locked(what: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Serialise calls on one handle: its SQLite connection and FAISS index are shared state.
 
-    @functools.wraps(method)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        self = args[0]
-        assert isinstance(self, TaskMemory)
-        with self._lock:
-            if self._conn is None:
-                raise StoreError(f"the task memory at {self.path} is closed; open it again")
-            return method(*args, **kwargs)
+    And turn any SQLite error of the call into a :class:`StoreError` naming tasks.sqlite and
+    ``what`` the call was doing (a damaged file says so and how to get out).
+    """
 
-    return wrapper
+    def decorate(method: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(method)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            self = args[0]
+            assert isinstance(self, TaskMemory)
+            with self._lock:
+                if self._conn is None:
+                    raise StoreError(f"the task memory at {self.path} is closed; open it again")
+                with sqlite_errors(self.path / DB, what, self._conn):
+                    return method(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
 
 
 class TaskMemory:
@@ -106,6 +129,12 @@ class TaskMemory:
 
     Several processes may open one store and add at once; one handle is for one process
     (calls on it are serialised by a lock). Use as a context manager, or call :meth:`close`.
+
+    Opening checks tasks.sqlite (``PRAGMA quick_check``) and raises
+    :class:`~mnemeta.store.StoreDamaged` if it is damaged. A writable open also removes the
+    temp files that killed writes left in the folder, once they are older than
+    :data:`~mnemeta.store.maintenance.STALE_TMP_S` (younger ones may be another process's
+    write in progress).
     """
 
     def __init__(
@@ -127,7 +156,8 @@ class TaskMemory:
             )
         if dim is not None and (not isinstance(dim, int) or dim < 1):
             raise ConfigError(f"dim={dim!r} must be a positive integer (the embedding size)")
-        conn, meta = self._open_or_create(dim, index, create)
+        with sqlite_errors(self.path / DB, "opening it"):
+            conn, meta = self._open_or_create(dim, index, create)
         self._conn = conn
         self.dim = int(meta["dim"])
         self.kind = meta["index"]
@@ -147,15 +177,18 @@ class TaskMemory:
             )
         self._records = Records(conn, path=self.path, dim=self.dim)
         try:
-            self._cache = IndexCache(
-                self._records,
-                kind=self.kind,
-                dim=self.dim,
-                store_id=self.store_id,
-                path=self.path / INDEX,
-                read_only=read_only,
-            )
-            self._cache.save_after_open()
+            with sqlite_errors(self.path / DB, "opening it", conn):
+                self._cache = IndexCache(
+                    self._records,
+                    kind=self.kind,
+                    dim=self.dim,
+                    store_id=self.store_id,
+                    path=self.path / INDEX,
+                    read_only=read_only,
+                )
+                self._cache.save_after_open()
+            if not read_only:
+                maintenance.remove_stale_temps(self.path)
         except BaseException:
             self.close()
             raise
@@ -182,7 +215,10 @@ class TaskMemory:
                 )
             conn = connect(db, read_only=self.read_only, create=False)
             try:
-                meta = read_meta(conn, db)
+                meta = read_meta(conn, db, marked=True)
+                # Every open: a damaged file must not pass for a healthy store (a broken page
+                # can hide until a query reaches it). Cheap: see the class docstring.
+                check_health(conn, db, full=False, unchanged=True)
                 if int(meta["dim"]) != marker.get("dim") or meta["store_id"] != marker.get(
                     "store_id"
                 ):
@@ -216,13 +252,14 @@ class TaskMemory:
                     f"creating a task memory at {p} needs the embedding size: pass dim=D"
                 )
             p.mkdir(parents=True, exist_ok=True)
-            (p / TENSORS).mkdir(exist_ok=True)
             db = p / DB
             conn = connect(db, read_only=False, create=True)
             try:
                 meta = create_schema(
                     conn, db, dim=dim, index=index or "flat", store_id=uuid.uuid4().hex
                 )
+                # Only once tasks.sqlite is ours: a refused folder is left as it was.
+                (p / TENSORS).mkdir(exist_ok=True)
                 # Written last: a folder with a marker is a whole store.
                 write_marker(p, meta)
             except BaseException:
@@ -251,7 +288,7 @@ class TaskMemory:
             raise StoreError(self._records.shape_error("embedding", embedding, f"({self.dim},)"))
         return self.add_many(embedding[None], [params], [info], [metrics])[0]
 
-    @_locked
+    @_locked("adding records")
     def add_many(
         self,
         embeddings: Tensor,
@@ -281,7 +318,7 @@ class TaskMemory:
             raise StoreError(self._records.shape_error("query", query, f"({self.dim},)"))
         return self.search_many(query[None], k)[0]
 
-    @_locked
+    @_locked("searching")
     def search_many(self, queries: Tensor, k: int = 5) -> list[list[Hit]]:
         """For each row of ``queries`` ``(Q, D)``, the ``k`` most similar tasks, best first."""
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
@@ -317,28 +354,28 @@ class TaskMemory:
             self._cache.index.configure(**self._cache.search_config)
 
     # ------------------------------------------------------------------ reading records
-    @_locked
+    @_locked("reading a record")
     def get(self, id: int) -> TaskRecord:
         """The record ``id``, with its parameters loaded (``{}`` if none)."""
         return self._records.get(id)
 
-    @_locked
+    @_locked("reading a record")
     def params(self, id: int) -> dict[str, Tensor]:
         """The stored parameters of record ``id`` (``{}`` if none)."""
         return self._records.params(id)
 
-    @_locked
+    @_locked("counting records")
     def __len__(self) -> int:
         self._cache.catch_up()
         return self._cache.index.ntotal
 
-    @_locked
+    @_locked("reading record ids")
     def ids(self) -> list[int]:
         """All record ids, ascending."""
         return self._records.ids()
 
     # ------------------------------------------------------------------ housekeeping
-    @_locked
+    @_locked("reading its state")
     def info(self) -> dict[str, Any]:
         """Count, dim, index kind and state, bytes on disk, path."""
         self._cache.catch_up()
@@ -355,7 +392,7 @@ class TaskMemory:
             "read_only": self.read_only,
         }
 
-    @_locked
+    @_locked("saving the index")
     def flush(self) -> None:
         """Save the index (if it covers more than the saved one). Records are durable at add."""
         if self.read_only:
@@ -363,24 +400,29 @@ class TaskMemory:
         self._cache.catch_up()
         self._cache.save()
 
-    @_locked
+    @_locked("exporting it")
     def export(self, dest: str | os.PathLike[str]) -> dict[str, Any]:
         """Write a consistent copy of the store to the new folder ``dest``; returns a summary.
 
         The records are one snapshot (SQLite's backup API), with the tensor files they name and
         an index covering a prefix of them (the copy catches up the rest when opened). Built in
         a temporary folder beside ``dest`` and renamed into place: ``dest`` appears whole or not
-        at all.
+        at all. ``dest`` must be outside the store. The copy must pass SQLite's
+        ``integrity_check`` before it is renamed: a store whose copy fails raises
+        :class:`~mnemeta.store.StoreDamaged` (copy it with :func:`mnemeta.store.salvage`).
         """
         return maintenance.export(self._records, self._cache, dest)
 
-    @_locked
+    @_locked("compacting it")
     def compact(self) -> dict[str, Any]:
         """Remove orphan tensor files and stale temp files, VACUUM, rebuild and save the index.
 
-        Safe while other processes use the store: orphans are found under the write lock, when
-        no add is between writing its file and committing its row. The rebuild retrains IVF
-        cells for the current size; for HNSW it costs as much as adding every record again.
+        First ``PRAGMA integrity_check``: a damaged store raises
+        :class:`~mnemeta.store.StoreDamaged` with nothing removed (a damaged table could hide
+        rows, whose tensor files would look like orphans). Safe while other processes use the
+        store: orphans are found under the write lock, when no add is between writing its file
+        and committing its row. The rebuild retrains IVF cells for the current size; for HNSW it
+        costs as much as adding every record again.
         """
         if self.read_only:
             raise StoreError(f"the task memory at {self.path} was opened read_only; cannot compact")
@@ -395,7 +437,8 @@ class TaskMemory:
             try:
                 cache: IndexCache | None = getattr(self, "_cache", None)
                 if cache is not None and not self.read_only:
-                    cache.save_on_close()
+                    with sqlite_errors(self.path / DB, "saving the index on close", conn):
+                        cache.save_on_close()
             finally:
                 conn.close()
 
