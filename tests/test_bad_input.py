@@ -315,3 +315,66 @@ def test_resuming_a_finished_run_says_how_to_train_further(
     finished_run: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     refused(["train", "--resume", str(finished_run)], capsys, "already at step 3 of 3")
+
+
+# ------------------------------------------------------------------------ the task memory
+# (each case in depth, with every kind of damage and subcommand: tests/test_cli_memory.py
+# and tests/store/test_damage.py; here one of each, as a user meets them)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    sys.path.insert(0, str(Path(__file__).parent / "store"))
+    from store_damage import make_store
+
+    path = tmp_path_factory.mktemp("store") / "M"
+    make_store(path, n=200)
+    return path
+
+
+def _hashes(folder: Path) -> dict[str, str]:
+    """Every file's hash, but SQLite's -wal/-shm side files, which any open may create."""
+    return {
+        str(p.relative_to(folder)): sha(p)
+        for p in folder.rglob("*")
+        if p.is_file() and not p.name.endswith(("-wal", "-shm"))
+    }
+
+
+@pytest.mark.parametrize("kind", ["table_page", "index_page", "random_bytes"])
+def test_a_damaged_task_memory_is_named_as_such_and_left_as_it_is(
+    store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    import shutil
+
+    from store_damage import damage
+
+    copy = tmp_path / "M"
+    shutil.copytree(store, copy)
+    damage(copy, kind)
+    before = _hashes(copy)
+    for command in (["info"], ["compact"]):
+        refused(["memory", *command, str(copy)], capsys, "damaged")
+    assert _hashes(copy) == before
+
+
+def test_memory_add_into_a_foreign_folder_creates_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from safetensors.torch import save_file
+
+    foreign = tmp_path / "photos"
+    foreign.mkdir()
+    (foreign / "cat.jpg").write_bytes(b"\xff\xd8")
+    emb = tmp_path / "e.safetensors"
+    save_file({"e": torch.ones(8)}, emb)
+    refused(["memory", "add", str(foreign), "--embedding-file", str(emb)], capsys)
+    assert sorted(p.name for p in foreign.rglob("*")) == ["cat.jpg"]
+
+
+def test_memory_export_into_itself_is_refused(
+    store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = _hashes(store)
+    refused(["memory", "export", str(store), str(store / "sub")], capsys, "inside the task memory")
+    assert _hashes(store) == before
