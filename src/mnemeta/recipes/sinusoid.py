@@ -13,8 +13,9 @@ validation tasks (the paper tuned it automatically).
 from __future__ import annotations
 
 import json
+import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from mnemeta.algorithms.inner_optim import apply_updates, sgd
 from mnemeta.algorithms.maml import MAML
 from mnemeta.data.sinusoid import SinusoidTasks
 from mnemeta.episode import EpisodeBatch
+from mnemeta.errors import ConfigError
 from mnemeta.io import atomic_write_text
 from mnemeta.nn import MLP
 from mnemeta.stats import mean_ci95
@@ -49,9 +51,89 @@ class SinusoidSettings:
     strategy: str = "vmap"  # a tiny MLP: vmap beats a loop over 25 tasks even on a CPU
     compile: bool = False  # torch.compile the meta-loss: faster steps after ~15 s compiling
 
+    def __post_init__(self) -> None:
+        check_settings(self)
+
+
+#: The command-line flag of each setting that has one (``mnemeta demo``, ``mnemeta sinusoid``),
+#: so that an error names what the user typed; the other settings are named as fields.
+_FLAGS = {"steps": "--steps", "seed": "--seed"}
+
+#: Whole-number settings: the smallest sensible value, and what the number is.
+_COUNTS = {
+    "steps": (1, "the number of meta-training steps"),
+    "meta_batch": (1, "the number of tasks per meta-batch"),
+    "shots": (1, "K, the number of support points per training task"),
+    "eval_tasks": (2, "the number of test tasks (a 95% CI needs two)"),
+    "eval_queries": (1, "the number of query points per test task"),
+    "max_eval_steps": (1, "the number of fine-tuning steps at test time"),
+    "seed": (0, "the seed"),
+}
+#: torch takes 64-bit seeds, and the recipe seeds its generators with up to ``seed + 303``.
+_MAX_SEED = 2**63 - 304
+
+
+def check_settings(s: SinusoidSettings) -> None:
+    """Refuse a nonsense setting with a :class:`ConfigError`, before any work starts.
+
+    Called when the settings are made and again by :func:`run_sinusoid` (a field may have been
+    assigned in between). The message names the setting as the user gave it: the CLI flag where
+    there is one (``--steps -10``), else the field (``SinusoidSettings.lr=0``).
+    """
+    for field, (least, what) in _COUNTS.items():
+        v = getattr(s, field)
+        whole = isinstance(v, int) and not isinstance(v, bool)
+        if not whole or v < least or (field == "seed" and v > _MAX_SEED):
+            bounds = "from 0 to 2**63 - 304" if field == "seed" else f"of at least {least}"
+            raise ConfigError(
+                f"{_setting(field, v)}: {what} must be a whole number {bounds}; give e.g. "
+                f"{_setting(field, _default(field))}"
+            )
+    for field in ("inner_lr", "lr"):
+        v = getattr(s, field)
+        real = isinstance(v, (int, float)) and not isinstance(v, bool)
+        if not (real and math.isfinite(v) and v > 0):
+            raise ConfigError(
+                f"{_setting(field, v)}: a step size must be a positive finite number; give e.g. "
+                f"{_setting(field, _default(field))}"
+            )
+    k = s.eval_shots
+    if not (
+        isinstance(k, (tuple, list))
+        and k
+        and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in k)
+        and len(set(k)) == len(k)
+    ):
+        raise ConfigError(
+            f"{_setting('eval_shots', k)}: give the support sizes K to test at, distinct whole "
+            f"numbers of at least 1, e.g. {_setting('eval_shots', _default('eval_shots'))}"
+        )
+    if s.strategy not in ("auto", "vmap", "loop"):
+        raise ConfigError(
+            f"{_setting('strategy', s.strategy)} is unknown; choose auto, vmap or loop"
+        )
+    if not isinstance(s.compile, bool):
+        raise ConfigError(f"{_setting('compile', s.compile)}: give True or False")
+
+
+def _setting(field: str, value: object) -> str:
+    """A setting as the user gives it: ``--steps -10`` (a CLI flag), ``SinusoidSettings.lr=0``."""
+    flag = _FLAGS.get(field)
+    return f"{flag} {value!r}" if flag else f"SinusoidSettings.{field}={value!r}"
+
+
+def _default(field: str) -> object:
+    return next(f.default for f in fields(SinusoidSettings) if f.name == field)
+
 
 def run_sinusoid(s: SinusoidSettings, out_dir: Path, *, progress: bool = True) -> dict[str, Any]:
-    """Train MAML and the pretrained baseline, evaluate both, write result.json and a plot."""
+    """Train MAML and the pretrained baseline, evaluate both, write result.json and a plot.
+
+    ``result.json`` is strict JSON: a mean that is not finite (fine-tuning diverged on some task,
+    as too large a step size does) is written as null, with the number of tasks it diverged on
+    beside it.
+    """
+    check_settings(s)
     torch.manual_seed(s.seed)
     t0 = time.perf_counter()
     tasks = SinusoidTasks(shots=s.shots, queries=s.shots, seed=s.seed)
@@ -86,13 +168,23 @@ def run_sinusoid(s: SinusoidSettings, out_dir: Path, *, progress: bool = True) -
             bar.set_postfix(maml=f"{loss.item():.3f}", pretrained=f"{pre_loss.item():.3f}")
     t_train = time.perf_counter() - t0
 
-    # Baseline step size: the best on validation tasks (disjoint seed from the test tasks).
+    # Baseline step size: the best on validation tasks (disjoint seed from the test tasks). A step
+    # size whose fine-tuning diverges on some task has no mean to compare (after the demo's 8,000
+    # steps, 0.05 does: the MSE overflows to inf, then NaN, and the mean with it); it is recorded
+    # as null, with the number of tasks it diverged on, and never chosen.
     val = _eval_tasks(s, seed=s.seed + 101, shots=max(s.eval_shots))
-    val_mse = {
-        a: float(finetune_curve(pretrained, val, a, s.max_eval_steps)[:, -1].mean())
-        for a in BASELINE_STEP_SIZES
-    }
-    baseline_lr = min(val_mse, key=lambda a: val_mse[a])
+    val_mse: dict[float, float | None] = {}
+    val_diverged: dict[float, int] = {}
+    for a in BASELINE_STEP_SIZES:
+        final = finetune_curve(pretrained, val, a, s.max_eval_steps)[:, -1]
+        diverged = int((~torch.isfinite(final)).sum())
+        val_mse[a] = None if diverged else float(final.mean())
+        if diverged:
+            val_diverged[a] = diverged
+    finite = {a: m for a, m in val_mse.items() if m is not None}
+    # Every step size diverging means the baseline itself is broken (its training diverged): the
+    # smallest then shows it in the table instead of a guess.
+    baseline_lr = min(finite, key=lambda a: finite[a]) if finite else min(BASELINE_STEP_SIZES)
 
     rows, curves = [], {}
     for k in s.eval_shots:
@@ -106,7 +198,13 @@ def run_sinusoid(s: SinusoidSettings, out_dir: Path, *, progress: bool = True) -
             row: dict[str, Any] = {"method": name, "shots": k, "step_size": lr}
             for n_steps in (0, 1, 5, 10):
                 if n_steps <= s.max_eval_steps:
-                    mean, ci = mean_ci95(curve[:, n_steps])
+                    values = curve[:, n_steps]
+                    diverged = int((~torch.isfinite(values)).sum())
+                    if diverged:  # no mean to give: null, and on how many tasks it diverged
+                        row[f"mse_{n_steps}"] = row[f"ci95_{n_steps}"] = None
+                        row[f"diverged_{n_steps}"] = diverged
+                        continue
+                    mean, ci = mean_ci95(values)
                     row[f"mse_{n_steps}"] = round(mean, 4)
                     row[f"ci95_{n_steps}"] = round(ci, 4)
             rows.append(row)
@@ -116,11 +214,15 @@ def run_sinusoid(s: SinusoidSettings, out_dir: Path, *, progress: bool = True) -
         "settings": {k: v for k, v in vars(s).items()},
         "baseline_step_size": baseline_lr,
         "baseline_validation_mse": val_mse,
+        # null above: fine-tuning with that step size diverged on this many validation tasks
+        "baseline_validation_diverged_tasks": val_diverged,
         "results": rows,
         "seconds": {"train": round(t_train, 1), "total": round(time.perf_counter() - t0, 1)},
         "plot": str(plot),
     }
-    atomic_write_text(out_dir / "result.json", json.dumps(result, indent=2) + "\n")
+    # allow_nan=False: NaN and Infinity are not JSON; every non-finite mean is null by now.
+    text = json.dumps(result, indent=2, allow_nan=False)
+    atomic_write_text(out_dir / "result.json", text + "\n")
     return result
 
 
@@ -189,7 +291,7 @@ def plot_sinusoid(
     g = torch.Generator().manual_seed(s.seed + 303)
     params = SinusoidTasks(shots=k, queries=s.eval_queries).sample_tasks(s.eval_tasks, g)
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
-    for col in range(3):
+    for col in range(min(3, s.eval_tasks)):  # three example tasks
         ax = axes[col]
         a, phase = params[col].tolist()
         sx, sy = examples.support_x[col], examples.support_y[col]
