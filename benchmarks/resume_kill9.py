@@ -50,9 +50,15 @@ SETTINGS = [
 
 
 def run(
-    args: list[str], env: dict[str, str], *, kill_after: float | None = None
+    args: list[str],
+    env: dict[str, str],
+    *,
+    kill_after: float | None = None,
+    mid_write: Path | None = None,
 ) -> tuple[int, float]:
-    """Run the CLI; with ``kill_after``, SIGKILL it that many seconds after it starts to train.
+    """Run the CLI; with ``kill_after``, SIGKILL it that many seconds after it starts to train;
+    with ``mid_write`` as well, at the first moment after that when a checkpoint's temporary
+    file exists in the folder ``mid_write`` (a kill inside ``torch.save``'s write or its fsync).
     Returns the exit code and the seconds it trained before the kill."""
     cmd = [sys.executable, "-m", "mnemeta.cli", *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -67,6 +73,9 @@ def run(
             break
     start = time.monotonic()
     time.sleep(kill_after)
+    while mid_write is not None and proc.poll() is None and time.monotonic() - start < 60:
+        if any(mid_write.glob(".checkpoint.pt.*.tmp")):
+            break
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
     return proc.returncode, time.monotonic() - start
@@ -99,19 +108,22 @@ def main() -> None:
     t_reference = time.perf_counter() - t0
 
     kills: list[dict[str, Any]] = []
-    for i in range(a.kills + 1):
-        has_checkpoint = (killed / "checkpoint.pt").is_file()
-        if has_checkpoint:
-            args = ["train", "--resume", str(killed), "--no-progress"]
-        else:
-            args = ["train", *base, "--out", str(killed), *settings]
-            if killed.exists():
-                args.append("--overwrite")
-        if i == a.kills:
-            code, _ = run(args, env)
+
+    def next_args() -> list[str]:
+        if (killed / "checkpoint.pt").is_file():
+            return ["train", "--resume", str(killed), "--no-progress"]
+        fresh = ["train", *base, "--out", str(killed), *settings]
+        return [*fresh, "--overwrite"] if killed.exists() else fresh
+
+    for i in range(a.kills):
+        if (killed / "result.json").is_file():
+            print("the run finished before this kill; no more kills")
             break
+        has_checkpoint = (killed / "checkpoint.pt").is_file()
         delay = rng.uniform(0.05, a.max_delay)
-        code, _ = run(args, env, kill_after=delay)
+        # Every other kill waits for a checkpoint write to be under way.
+        target = killed if i % 2 == 1 else None
+        code, _ = run(next_args(), env, kill_after=delay, mid_write=target)
         temps = sorted(p.name for p in killed.glob(".*.tmp")) if killed.exists() else []
         step = (
             int(torch.load(killed / "checkpoint.pt", weights_only=True)["step"])
@@ -121,6 +133,7 @@ def main() -> None:
         kills.append(
             {
                 "delay_s": round(delay, 3),
+                "aimed_at_a_checkpoint_write": target is not None,
                 "exit_code": code,
                 "mid_checkpoint_write": any(t.startswith(".checkpoint.pt.") for t in temps),
                 "temp_files_left": temps,
@@ -129,9 +142,8 @@ def main() -> None:
             }
         )
         print(f"kill {i + 1}: after {delay:.2f} s, checkpoint at step {step}, temp files {temps}")
-        if step is not None and step >= a.steps:
-            print("the run finished before this kill; stopping the kills here")
-            break
+    if not (killed / "result.json").is_file():
+        run(next_args(), env)  # to the end (or, killed while evaluating, the evaluation)
 
     same_rows = rows(killed) == rows(reference)
     ref_ck = torch.load(reference / "checkpoint.pt", weights_only=True)

@@ -367,10 +367,18 @@ def _demo(args: argparse.Namespace) -> int:
     )
     print(f"{'method':12s} {'K':>3s} " + " ".join(f"{f'{n} steps':>15s}" for n in (0, 1, 5, 10)))
     for row in result["results"]:
-        cells = " ".join(f"{row[f'mse_{n}']:7.3f} ± {row[f'ci95_{n}']:5.3f}" for n in (0, 1, 5, 10))
+        cells = " ".join(_mse_cell(row, n) for n in (0, 1, 5, 10))
         print(f"{row['method']:12s} {row['shots']:3d} {cells}")
     print(f"\n{result['seconds']['total']:.0f} s in all; plot: {result['plot']}")
     return 0
+
+
+def _mse_cell(row: dict[str, object], n: int) -> str:
+    """One table cell: the mean ± CI, or "diverged" where the result holds null for it."""
+    mse, ci = row[f"mse_{n}"], row[f"ci95_{n}"]
+    if not isinstance(mse, float) or not isinstance(ci, float):
+        return f"{'diverged':>15s}"
+    return f"{mse:7.3f} ± {ci:5.3f}"
 
 
 if __name__ == "__main__":

@@ -128,9 +128,7 @@ def _meta_train(
         torch.set_rng_state(state["rng"]["torch"])
         running = state["running"].to(device)
         start = int(state["step"])
-        clock = resumed_clock(
-            state, config, resume, evaluated=(run_dir / "result.json").is_file()
-        )
+        clock = resumed_clock(state, config, resume, evaluated=(run_dir / "result.json").is_file())
     folder.begin()
     atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
     log = MetricsLog(run_dir, resume_step=start if resume is not None else None)

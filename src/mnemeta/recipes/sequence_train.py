@@ -140,9 +140,7 @@ def _sequence_train(
         start = int(state["step"])
         if state.get("carry") is not None:
             carry = _carry_from_tensors(model, state["carry"], device)
-        clock = resumed_clock(
-            state, config, resume, evaluated=(run_dir / "result.json").is_file()
-        )
+        clock = resumed_clock(state, config, resume, evaluated=(run_dir / "result.json").is_file())
     folder.begin()
     atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
     log = MetricsLog(run_dir, resume_step=start if resume is not None else None)
