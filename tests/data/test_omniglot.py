@@ -34,6 +34,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from mnemeta.cli import main
 from mnemeta.data import omniglot
 from mnemeta.data.classes import ClassImages
 from mnemeta.data.download import download_file, safe_extract_zip
@@ -439,6 +440,13 @@ def test_mnemeta_data_is_the_folder_that_holds_omniglot(
     assert find_omniglot_root(None) == omniglot_source_dir
     sets = load_omniglot(None, split="lake")
     assert {k: v.n_classes for k, v in sets.items()} == {"train": 964, "test": 659}
+    # The command line, with nothing but MNEMETA_DATA: no --data, no materialize step.
+    out = tmp_path / "run"
+    args = ["train", "protonet_omniglot_5w1s", "--out", str(out), "--no-progress"]
+    for item in ("backbone.hidden=8", "train.steps=2", "eval.episodes=10", "eval.val_episodes=5"):
+        args += ["--set", item]
+    assert main(args) == 0
+    assert json.loads((out / "result.json").read_text())["test"]["episodes"] == 10
     # MNEMETA_DATA set to the omniglot folder itself: told which value to use instead.
     monkeypatch.setenv("MNEMETA_DATA", str(omniglot_source_dir))
     with pytest.raises(
