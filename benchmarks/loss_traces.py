@@ -14,7 +14,8 @@ Only keys that exist in every version of the config are set (``train.steps``, lo
 evaluation, data location), so the same command runs on old and new commits. With
 ``train.steps`` lowered, a linear schedule (Reptile) anneals over those steps: the trace is
 that of a short run of the preset's configuration, identical on both sides. ``--data`` is a
-folder with Omniglot's official zips or folders (``materialize.py DIR --zip`` writes them);
+folder with Omniglot's official zips or folders, or the compact .npz copy (on an old commit, whose
+loader reads only the official forms, ``materialize.py DIR --zip`` writes them);
 the sinusoid recipe (the demo) is traced too, by its result table.
 """
 

@@ -1,8 +1,15 @@
-"""Shared fixtures: the real Omniglot data, written out once per session in the official layout.
+"""Shared fixtures: the real Omniglot data, and its official layout written out once per session.
 
-The project keeps a compact copy of Omniglot (``omniglot/images_*.npz`` plus ``materialize.py``)
-in ``$MNEMETA_DATA``, or by default in ``<repo>/../shared/data``. Tests that need it skip, with the
-reason, where it is absent.
+``$MNEMETA_DATA`` means here what it means to the CLI (:func:`mnemeta.data.omniglot.
+find_omniglot_root`): the folder that holds one folder per dataset, ``omniglot/``, ``clinc150/``.
+Unset, the tests use ``<repo>/../shared/data``. Its ``omniglot/`` holds the compact copy
+(``images_background.npz``, ``images_evaluation.npz``, ``materialize.py``), which the loader
+reads as it is; the fixtures below also write it out as the official zips and folders, so that
+those forms are tested on the real data too. Tests that need it skip, with the reason, where it
+is absent.
+
+Tests pass ``cache_dir`` (or ``MNEMETA_CACHE``) to a temporary folder: the default cache
+folder is beside the data, which is shared.
 """
 
 from __future__ import annotations
@@ -29,7 +36,8 @@ def shared_data_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def omniglot_source_dir() -> Path:
-    """The folder with ``images_background.npz``, ``images_evaluation.npz``, ``materialize.py``."""
+    """``$MNEMETA_DATA/omniglot``: ``images_background.npz``, ``images_evaluation.npz`` and
+    ``materialize.py`` (a valid data root as it is)."""
     folder = shared_data_dir() / "omniglot"
     needed = ("materialize.py", "images_background.npz", "images_evaluation.npz")
     if not all((folder / name).is_file() for name in needed):

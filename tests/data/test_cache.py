@@ -150,3 +150,31 @@ def test_cache_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MNEMETA_CACHE", str(tmp_path / "env"))
     assert cache_folder(None, tmp_path) == tmp_path / "env"
     assert cache_folder(tmp_path / "given", tmp_path) == tmp_path / "given"
+
+
+def test_cache_folder_beside_read_only_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only data folder caches in the user's cache folder, unless it already holds a
+    cache (prepared for everybody); an explicit folder or MNEMETA_CACHE always wins."""
+    monkeypatch.delenv("MNEMETA_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    data = tmp_path / "data"
+    data.mkdir()
+    data.chmod(0o555)
+    try:
+        assert cache_folder(None, data) == tmp_path / "xdg" / "mnemeta"
+        assert cache_folder(tmp_path / "given", data) == tmp_path / "given"
+        monkeypatch.setenv("MNEMETA_CACHE", str(tmp_path / "env"))
+        assert cache_folder(None, data) == tmp_path / "env"
+        monkeypatch.delenv("MNEMETA_CACHE")
+        monkeypatch.delenv("XDG_CACHE_HOME")
+        assert cache_folder(None, data) == Path.home() / ".cache" / "mnemeta"
+        data.chmod(0o755)
+        (data / ".mnemeta_cache").mkdir()
+        data.chmod(0o555)
+        assert cache_folder(None, data) == data / ".mnemeta_cache"
+    finally:
+        data.chmod(0o755)
+    # A root that does not exist yet (a download will create it): beside it.
+    assert cache_folder(None, tmp_path / "new") == tmp_path / "new" / ".mnemeta_cache"

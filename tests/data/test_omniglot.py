@@ -1,8 +1,10 @@
-"""Omniglot from the official layout: counts, pixels, splits, cache, errors and downloads.
+"""Omniglot from the official layout and the compact copy: counts, pixels, splits, cache,
+errors and downloads.
 
 The full decode of both sets (~32k PNGs, a few seconds) is shared through module-scoped
-fixtures; the error tests use small layouts built from hard links, so that they cost almost
-nothing, and never write through a hard link (a damaged file is always a new file).
+fixtures; the error tests use small layouts built from hard links, or tiny synthetic .npz files
+in the compact copy's format, so that they cost almost nothing, and never write through a hard
+link (a damaged file is always a new file).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from mnemeta.cli import main
 from mnemeta.data import omniglot
 from mnemeta.data.classes import ClassImages
 from mnemeta.data.download import download_file, safe_extract_zip
@@ -42,7 +45,7 @@ from mnemeta.data.omniglot import (
     load_omniglot,
     load_omniglot_background_evaluation,
 )
-from mnemeta.errors import MnemetaError
+from mnemeta.errors import DataError, MnemetaError
 
 SPLITS = ("images_background", "images_evaluation")
 KEYS = {"images_background": "background", "images_evaluation": "evaluation"}
@@ -336,6 +339,122 @@ def test_zips_and_folders_give_identical_tensors(
     assert_same(sets, from_folders)
 
 
+@pytest.mark.parametrize("image_size", [28, 20])
+def test_the_compact_npz_copy_gives_the_same_tensors_as_the_zips(
+    omniglot_source_dir: Path,
+    omniglot_zip_root: Path,
+    sets: Sets,
+    zip_cache: Path,
+    tmp_path: Path,
+    image_size: int,
+) -> None:
+    """Same class names, same drawing order, same resize: equal tensors, for both sets."""
+    from_zips = (
+        sets
+        if image_size == 28
+        else load_omniglot_background_evaluation(
+            omniglot_zip_root, image_size=image_size, cache_dir=tmp_path / "zip"
+        )
+    )
+    from_npz = load_omniglot_background_evaluation(
+        omniglot_source_dir, image_size=image_size, cache_dir=tmp_path / "npz"
+    )
+    assert_same(from_npz, from_zips)
+
+
+def test_the_npz_copy_has_its_own_cache_key(
+    omniglot_source_dir: Path,
+    omniglot_zip_root: Path,
+    zip_cache: Path,
+    sets: Sets,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A key names its source: the .npz never reads an entry written from the zips (or the
+    other way round), an edited .npz gets a new key, and a second load is a cache hit."""
+    cache = shutil.copytree(zip_cache, tmp_path / "cache")  # holds the two entries of the zips
+    zip_files = set(cache.iterdir())
+    data = load_omniglot_background_evaluation(omniglot_source_dir, cache_dir=cache)
+    assert_same(data, sets)
+    npz_files = set(cache.iterdir()) - zip_files
+    assert len(npz_files) == 2  # written anew, not read from the zips' entries
+    monkeypatch.setattr(omniglot, "_decode", no_decode)
+    assert_same(load_omniglot_background_evaluation(omniglot_source_dir, cache_dir=cache), sets)
+    for split in SPLITS:
+        npz_source = omniglot._npz_source(omniglot_source_dir / f"{split}.npz", split)
+        zip_source = omniglot._zip_source(omniglot_zip_root / f"{split}.zip", split)
+        assert omniglot._cache_key(npz_source, 28) != omniglot._cache_key(zip_source, 28)
+        # The same bytes under another name and folder: the same key (content, not path).
+        copy = tmp_path / "elsewhere" / f"{split}.npz"
+        copy.parent.mkdir(exist_ok=True)
+        _link_or_copy(str(omniglot_source_dir / f"{split}.npz"), str(copy))
+        assert omniglot._npz_source(copy, split).digest == npz_source.digest
+    # One byte more (a different file): a different key.
+    original = omniglot_source_dir / "images_background.npz"
+    edited = tmp_path / "edited.npz"
+    edited.write_bytes(original.read_bytes() + b"\0")
+    digests = {omniglot._npz_source(f, SPLITS[0]).digest for f in (original, edited)}
+    assert len(digests) == 2
+
+
+def test_forms_are_preferred_zip_then_folder_then_npz(
+    omniglot_source_dir: Path, omniglot_zip_root: Path, omniglot_folder_root: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "omniglot"
+    root.mkdir()
+    for split in SPLITS:
+        _link_or_copy(str(omniglot_zip_root / f"{split}.zip"), str(root / f"{split}.zip"))
+        (root / split).symlink_to(omniglot_folder_root / split, target_is_directory=True)
+        _link_or_copy(str(omniglot_source_dir / f"{split}.npz"), str(root / f"{split}.npz"))
+    for split in SPLITS:
+        assert omniglot._split_source(root, split) == root / f"{split}.zip"
+        (root / f"{split}.zip").unlink()
+        assert omniglot._split_source(root, split) == root / split
+        (root / split).unlink()
+        assert omniglot._split_source(root, split) == root / f"{split}.npz"
+        (root / f"{split}.npz").unlink()
+        assert omniglot._split_source(root, split) is None
+
+
+def test_the_two_sets_may_come_in_different_forms(
+    omniglot_source_dir: Path, omniglot_zip_root: Path, sets: Sets, tmp_path: Path
+) -> None:
+    root = tmp_path / "omniglot"
+    root.mkdir()
+    _link_or_copy(
+        str(omniglot_source_dir / "images_background.npz"), str(root / "images_background.npz")
+    )
+    _link_or_copy(
+        str(omniglot_zip_root / "images_evaluation.zip"), str(root / "images_evaluation.zip")
+    )
+    assert_same(load_omniglot_background_evaluation(root, cache_dir=tmp_path / "c"), sets)
+
+
+def test_mnemeta_data_is_the_folder_that_holds_omniglot(
+    omniglot_source_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The one convention: ``$MNEMETA_DATA/omniglot`` holds the data; the tests' own data
+    folder (the compact copy) is such a folder, so the loader reads it as it is."""
+    monkeypatch.setenv("MNEMETA_DATA", str(omniglot_source_dir.parent))
+    monkeypatch.setenv("MNEMETA_CACHE", str(tmp_path / "cache"))
+    assert find_omniglot_root(None) == omniglot_source_dir
+    sets = load_omniglot(None, split="lake")
+    assert {k: v.n_classes for k, v in sets.items()} == {"train": 964, "test": 659}
+    # The command line, with nothing but MNEMETA_DATA: no --data, no materialize step.
+    out = tmp_path / "run"
+    args = ["train", "protonet_omniglot_5w1s", "--out", str(out), "--no-progress"]
+    for item in ("backbone.hidden=8", "train.steps=2", "eval.episodes=10", "eval.val_episodes=5"):
+        args += ["--set", item]
+    assert main(args) == 0
+    assert json.loads((out / "result.json").read_text())["test"]["episodes"] == 10
+    # MNEMETA_DATA set to the omniglot folder itself: told which value to use instead.
+    monkeypatch.setenv("MNEMETA_DATA", str(omniglot_source_dir))
+    with pytest.raises(
+        MnemetaError, match=f"set MNEMETA_DATA={omniglot_source_dir.parent} .*omniglot/"
+    ):
+        load_omniglot(None)
+
+
 def test_image_size_20(
     omniglot_zip_root: Path, tmp_path: Path, npz: dict[str, dict[str, np.ndarray]]
 ) -> None:
@@ -603,15 +722,24 @@ def test_root_too_shallow(
             load_omniglot_background_evaluation(data, download=download, urls=dead)
 
 
-def test_root_with_the_compact_npz_copy(omniglot_source_dir: Path) -> None:
-    with pytest.raises(MnemetaError, match=r"compact \.npz copy.*materialize\.py"):
-        load_omniglot_background_evaluation(omniglot_source_dir)
+def test_root_too_shallow_with_the_npz_copy(omniglot_source_dir: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    (data / "omniglot").mkdir(parents=True)
+    for split in SPLITS:
+        _link_or_copy(
+            str(omniglot_source_dir / f"{split}.npz"), str(data / "omniglot" / f"{split}.npz")
+        )
+    with pytest.raises(MnemetaError, match=f"further down.*data.root={data / 'omniglot'} .*npz"):
+        load_omniglot_background_evaluation(data)
 
 
 def test_only_one_split_present(omniglot_zip_root: Path, tmp_path: Path) -> None:
     _link_or_copy(str(omniglot_zip_root / "images_background.zip"), str(tmp_path / "x.zip"))
     (tmp_path / "x.zip").rename(tmp_path / "images_background.zip")
-    with pytest.raises(MnemetaError, match=r"no images_evaluation.zip and no images_evaluation/"):
+    with pytest.raises(
+        MnemetaError,
+        match=r"no images_evaluation.zip, images_evaluation/ folder or images_evaluation.npz",
+    ):
         load_omniglot_background_evaluation(tmp_path)
 
 
@@ -751,6 +879,203 @@ def test_zip_bomb_member_is_refused(omniglot_zip_root: Path, tmp_path: Path) -> 
         zf.writestr("images_background/Latin/character01/0683_01.png", bytes(50 << 20))
     with pytest.raises(MnemetaError, match=r"0683_01.png' claims 52428800 bytes"):
         load_omniglot_background_evaluation(root, cache_dir=tmp_path / "c")
+
+
+# ---------------------------------------------------------------- the compact copy: errors
+
+TINY_CHARACTERS = 2  # per synthetic set: one alphabet "Latin" with this many characters
+
+
+def tiny_arrays(split: str, characters: int = TINY_CHARACTERS) -> dict[str, np.ndarray]:
+    """The arrays of a compact copy (README.txt beside the real one) for a tiny fake set."""
+    paths = [
+        f"{split}/Latin/character{c:02d}/{c:04d}_{d:02d}.png"
+        for c in range(1, characters + 1)
+        for d in range(1, 21)
+    ]
+    background = np.random.default_rng(len(split)).random((len(paths), 105, 105)) < 0.9
+    return {
+        "images_packed": np.packbits(background, axis=-1),
+        "image_shape": np.array([105, 105], dtype=np.int16),
+        "alphabet": np.array(["Latin"] * len(paths)),
+        "character": np.repeat(np.arange(1, characters + 1, dtype=np.int16), 20),
+        "drawer": np.tile(np.arange(1, 21, dtype=np.int8), characters),
+        "path": np.array(paths),
+    }
+
+
+@pytest.fixture
+def tiny_npz(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A root with two synthetic .npz sets of 1 alphabet x 2 characters, and the loader told to
+    expect those totals."""
+    root = tmp_path / "tiny"
+    root.mkdir()
+    for split in SPLITS:
+        np.savez_compressed(root / f"{split}.npz", **tiny_arrays(split))
+        monkeypatch.setitem(omniglot._EXPECTED, split, (1, TINY_CHARACTERS))
+    return root
+
+
+def test_tiny_npz_decodes_to_the_reference(tiny_npz: Path, tmp_path: Path) -> None:
+    data = load_omniglot_background_evaluation(tiny_npz, cache_dir=tmp_path / "c")
+    for split in SPLITS:
+        arrays, got = tiny_arrays(split), data[KEYS[split]]
+        assert got.names == ("Latin/character01", "Latin/character02")
+        assert tuple(got.images.shape) == (2, 20, 1, 28, 28)
+        for row in (0, 19, 20, 39):
+            want = reference_image(arrays["images_packed"][row], 28)
+            np.testing.assert_array_equal(got.images[row // 20, row % 20, 0].numpy(), want)
+
+
+def test_npz_rows_in_another_order_give_the_same_tensors(tiny_npz: Path, tmp_path: Path) -> None:
+    """Classes and drawings are ordered by the stored paths, not by the rows."""
+    expected = load_omniglot_background_evaluation(tiny_npz, cache_dir=tmp_path / "a")
+    arrays = tiny_arrays("images_background")
+    order = np.random.default_rng(3).permutation(len(arrays["path"]))
+    shuffled = {k: v[order] if v.shape[:1] == order.shape else v for k, v in arrays.items()}
+    np.savez(tiny_npz / "images_background.npz", **shuffled)
+    assert_same(load_omniglot_background_evaluation(tiny_npz, cache_dir=tmp_path / "b"), expected)
+
+
+class _Booby:
+    """Unpickling this would create ``marker``: proof that a load unpickled."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
+        return (open, (str(self.marker), "w"))
+
+
+def _flip_a_stored_byte(path: Path) -> None:
+    arrays = tiny_arrays("images_background")
+    np.savez(path, **arrays)  # stored, not deflated: the pixels are in the file as they are
+    raw = bytearray(path.read_bytes())
+    raw[raw.index(arrays["images_packed"].tobytes()[:64]) + 100] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+def _edited(**changes: Any) -> Callable[[Path], None]:
+    def write(path: Path) -> None:
+        arrays = {**tiny_arrays("images_background"), **changes}
+        np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
+
+    return write
+
+
+def _paths_with(row: int, value: str) -> np.ndarray:
+    paths = tiny_arrays("images_background")["path"].astype(object)
+    paths[row] = value
+    return paths.astype(str)
+
+
+_ONE_FEWER = {k: v[:-1] if k != "image_shape" else v for k, v in tiny_arrays(SPLITS[0]).items()}
+
+NPZ_DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
+    "garbage": (lambda p: p.write_bytes(b"this is not an npz"), r"is not a readable \.npz"),
+    "truncated": (
+        lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]),
+        r"is not a readable \.npz",
+    ),
+    "flipped byte": (_flip_a_stored_byte, r"is damaged or foreign .*CRC"),
+    "no path array": (_edited(path=None), r"has no path array \(it holds alphabet, character"),
+    "no pixels": (_edited(images_packed=None), r"has no images_packed array"),
+    "other image shape": (
+        _edited(image_shape=np.array([28, 28], dtype=np.int16)),
+        r"has image_shape \[28, 28\], not \[105, 105\]",
+    ),
+    "unpacked pixels": (
+        _edited(images_packed=np.zeros((40, 105, 105), dtype=np.uint8)),
+        r"holds images_packed uint8 \(40, 105, 105\), expected uint8 \(N, 105, 14\)",
+    ),
+    "wrong pixel dtype": (
+        _edited(images_packed=np.zeros((40, 105, 14), dtype=np.int16)),
+        r"holds images_packed int16",
+    ),
+    "paths as bytes": (
+        _edited(path=tiny_arrays(SPLITS[0])["path"].astype(bytes)),
+        r"holds path \|S\d+ \(40,\), expected one str per image \(40\)",
+    ),
+    "a path too few": (
+        _edited(path=tiny_arrays(SPLITS[0])["path"][:-1]),
+        r"holds path <U\d+ \(39,\), expected one str per image \(40\)",
+    ),
+    "foreign path": (
+        _edited(path=_paths_with(3, "images_background/Latin/x.png")),
+        r"row 3 has the path 'images_background/Latin/x.png' \(expected images_background/<",
+    ),
+    "other set's path": (
+        _edited(path=_paths_with(0, "images_evaluation/Latin/character01/0001_01.png")),
+        r"row 0 has the path 'images_evaluation/",
+    ),
+    "escaping path": (
+        _edited(path=_paths_with(5, "images_background/../character01/0001_06.png")),
+        r"row 5 has the path",
+    ),
+    "duplicate path": (
+        _edited(path=_paths_with(1, "images_background/Latin/character01/0001_01.png")),
+        r"holds images_background/Latin/character01/0001_01.png twice \(rows 0 and 1\)",
+    ),
+    "a drawing missing": (
+        lambda p: np.savez(p, **_ONE_FEWER),
+        r"images_background/Latin/character02 has 19 drawings, expected 20",
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(NPZ_DAMAGE))
+def test_damaged_or_foreign_npz_is_a_one_line_data_error(
+    tiny_npz: Path, tmp_path: Path, damage: str
+) -> None:
+    write, message = NPZ_DAMAGE[damage]
+    target = tiny_npz / "images_background.npz"
+    write(target)
+    with pytest.raises(DataError, match=message) as caught:
+        load_omniglot_background_evaluation(tiny_npz, cache_dir=tmp_path / "c")
+    text = str(caught.value)
+    assert "\n" not in text and text.startswith(str(target)), text
+    assert "copy it again" in text or "copy images_background.npz again" in text
+
+
+def test_npz_with_an_object_array_is_refused_without_unpickling(
+    tiny_npz: Path, tmp_path: Path
+) -> None:
+    marker = tmp_path / "unpickled"
+    booby = np.array([_Booby(marker)] * 40, dtype=object)
+    np.savez(tiny_npz / "images_background.npz", **{**tiny_arrays(SPLITS[0]), "path": booby})
+    with pytest.raises(DataError, match=r"is damaged or foreign .*allow_pickle=False"):
+        load_omniglot_background_evaluation(tiny_npz, cache_dir=tmp_path / "c")
+    assert not marker.exists()
+
+
+def test_npz_that_would_unpack_too_big_is_refused(
+    tiny_npz: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(omniglot, "_NPZ_MAX_BYTES", 10_000)  # the tiny copy unpacks to ~20 kB
+    with pytest.raises(DataError, match=r"would unpack to \d+ bytes, far more than Omniglot"):
+        load_omniglot_background_evaluation(tiny_npz, cache_dir=tmp_path / "c")
+
+
+def test_npz_totals_are_checked(tiny_npz: Path, tmp_path: Path) -> None:
+    np.savez(tiny_npz / "images_evaluation.npz", **tiny_arrays(SPLITS[1], characters=1))
+    with pytest.raises(
+        DataError, match=r"evaluation.npz holds 1 alphabets and 1 char.*copy images_evaluation.npz"
+    ):
+        load_omniglot_background_evaluation(tiny_npz, cache_dir=tmp_path / "c")
+
+
+def test_read_only_data_folder_caches_in_the_user_folder(
+    tiny_npz: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MNEMETA_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    tiny_npz.chmod(0o555)  # as shared data folders are; counts as read-only even for root
+    try:
+        load_omniglot_background_evaluation(tiny_npz)
+    finally:
+        tiny_npz.chmod(0o755)
+    assert not (tiny_npz / ".mnemeta_cache").exists()
+    assert len(list((tmp_path / "xdg" / "mnemeta").glob("omniglot-*.safetensors"))) == 2
 
 
 # ------------------------------------------------------------------------------------ download

@@ -54,11 +54,35 @@ Validate = Callable[[dict[str, torch.Tensor], dict[str, str]], str | None]
 
 def cache_folder(cache_dir: str | os.PathLike[str] | None, root: Path) -> Path:
     """Where a dataset's cache goes: ``cache_dir`` if given, else ``$MNEMETA_CACHE`` if set,
-    else ``root/.mnemeta_cache`` (beside the data)."""
+    else ``root/.mnemeta_cache`` (beside the data), unless ``root`` is read-only and has no such
+    folder yet: then the user's cache folder, ``$XDG_CACHE_HOME/mnemeta`` (default
+    ``~/.cache/mnemeta``).
+
+    Why the fallback: datasets are often shared read-only (a cluster's data folder, a team's
+    copy). Beside such data the cache could never be written, and every run would decode again
+    and warn. Keys hash the source's content, not its path, so one user folder serves every
+    copy of a dataset. A read-only root that already holds ``.mnemeta_cache`` keeps using it
+    (someone prepared it for everybody).
+    """
     if cache_dir is not None:
         return Path(cache_dir).expanduser()
     env = os.environ.get("MNEMETA_CACHE")
-    return Path(env).expanduser() if env else root / ".mnemeta_cache"
+    if env:
+        return Path(env).expanduser()
+    beside = root / ".mnemeta_cache"
+    if beside.is_dir() or not root.is_dir() or _writable(root):
+        return beside
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "mnemeta"
+
+
+def _writable(folder: Path) -> bool:
+    """Whether files may be created in ``folder``. A folder with every write bit cleared counts
+    as read-only even for root (who may write anyway): someone marked it so on purpose."""
+    try:
+        return os.access(folder, os.W_OK) and bool(folder.stat().st_mode & 0o222)
+    except OSError:
+        return False
 
 
 def cache_key(spec: Mapping[str, Any]) -> str:

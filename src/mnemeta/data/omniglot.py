@@ -1,9 +1,21 @@
 """Omniglot (Lake, Salakhutdinov & Tenenbaum 2015) from the official release, as ClassImages.
 
-Reads what users get from https://github.com/brendenlake/omniglot (``python/``): the two zips
-``images_background.zip`` and ``images_evaluation.zip`` in one folder, or the folders they
-extract to, ``images_background/<Alphabet>/characterNN/XXXX_YY.png`` (and ``images_evaluation``).
-Each PNG is a 105x105 one-bit image, white (True) background and black strokes.
+The data folder (``data.root``, or ``$MNEMETA_DATA/omniglot``: ``$MNEMETA_DATA`` holds one
+folder per dataset) may hold each of the two sets in one of three forms, taken in this order
+when several are present:
+
+1. ``images_background.zip`` / ``images_evaluation.zip``: what users get from
+   https://github.com/brendenlake/omniglot (``python/``), byte for byte;
+2. the folders they extract to, ``images_background/<Alphabet>/characterNN/XXXX_YY.png``;
+3. ``images_background.npz`` / ``images_evaluation.npz``: the compact copy (1-bit packed
+   pixels plus each image's official relative path, read with ``allow_pickle=False``).
+
+The zip comes first because it is exactly the official release; a folder may have been edited
+since it was extracted, and the .npz is a derived copy. All three give the same tensors, pixel
+for pixel (``tests/data/test_omniglot.py`` checks the .npz against the zips): the .npz holds
+the official one-bit images unchanged and their paths, so its classes, drawing order and
+resizing are those of the PNGs. Each PNG is a 105x105 one-bit image, white (True) background
+and black strokes.
 
 Images come out as uint8 with the strokes *bright* (stroke 255, background 0, the convention of
 the MAML/ProtoNet pipelines) at ``image_size`` x ``image_size``. Decoding the 32,460 PNGs takes a
@@ -104,7 +116,9 @@ _VINYALS_SPLITS = ("train", "val", "trainval", "test")
 def find_omniglot_root(root: str | os.PathLike[str] | None) -> Path:
     """The Omniglot folder: ``root`` if given, else ``$MNEMETA_DATA/omniglot``.
 
-    Only resolves the path; :func:`load_omniglot` checks what is inside.
+    ``$MNEMETA_DATA`` is the folder that holds one folder per dataset (``omniglot/``, ...), the
+    same convention for the CLI and the tests. Only resolves the path; :func:`load_omniglot`
+    checks what is inside.
     """
     if root is not None:
         return Path(root).expanduser()
@@ -130,12 +144,15 @@ def load_omniglot_background_evaluation(
     """The two official Omniglot sets, decoded (or read back from the cache).
 
     Args:
-        root: folder holding ``images_background.zip`` / ``images_evaluation.zip`` or the
-            folders they extract to (a zip is used when both are present); None means
+        root: folder holding, for each set, ``images_background.zip`` (the official zip), the
+            folder ``images_background/`` it extracts to, or the compact copy
+            ``images_background.npz`` (likewise for ``images_evaluation``); when several are
+            present the zip is used, then the folder, then the .npz. None means
             ``$MNEMETA_DATA/omniglot``.
         image_size: side S of the square output images (28 for MAML/ProtoNets, 20 for MANN).
         cache_dir: where decoded tensors are cached; default ``$MNEMETA_CACHE`` if set, else
-            ``root/.mnemeta_cache``.
+            ``root/.mnemeta_cache``, else (a read-only ``root``) the user's cache folder (see
+            :func:`mnemeta.data.cache.cache_folder`).
         download: fetch the zips that are missing from ``root`` (never re-fetches present data).
         progress: show progress bars for downloading and decoding.
         urls: override :data:`OMNIGLOT_URLS` (e.g. a mirror), keyed like it.
@@ -163,7 +180,12 @@ def load_omniglot_background_evaluation(
     out: dict[str, ClassImages] = {}
     for split, key in zip(_SPLITS, ("background", "evaluation"), strict=True):
         path = sources[split]
-        source = _zip_source(path, split) if path.is_file() else _folder_source(path, split)
+        if path.suffix == ".npz":
+            source = _npz_source(path, split)
+        elif path.is_file():
+            source = _zip_source(path, split)
+        else:
+            source = _folder_source(path, split)
         out[key] = _decode_cached(source, image_size, cache, progress)
     return out
 
@@ -244,24 +266,27 @@ def _locate_sources(
     sha256: Mapping[str, str | None],
     progress: bool,
 ) -> dict[str, Path]:
-    """The zip (preferred) or folder of each split under ``root``, downloading what is missing."""
+    """The source of each split under ``root`` (its zip, else its folder, else its .npz),
+    downloading the zips of what is missing."""
     if root.is_file():
         raise DataError(
             f"Omniglot root {root} is a file, not a folder; pass --set data.root={root.parent} "
-            "(the folder that holds images_background.zip and images_evaluation.zip)"
+            f"(the folder that holds {_FORMS})"
         )
     if not root.exists() and not download:
+        if root.name == "omniglot" and _holds_split(root.parent):
+            # The usual slip: MNEMETA_DATA set to the omniglot folder itself.
+            raise DataError(
+                f"Omniglot folder {root} does not exist, but {root.parent} holds the Omniglot "
+                f"files; set MNEMETA_DATA={root.parent.parent} (the folder that holds omniglot/) "
+                f"or pass --set data.root={root.parent}"
+            )
         raise DataError(
             f"Omniglot folder {root} does not exist; pass --set data.root=PATH (the folder that "
-            "holds images_background.zip and images_evaluation.zip or their extracted folders), "
-            "set MNEMETA_DATA, or pass --set data.download=true to fetch the official zips"
+            f"holds {_FORMS}), set MNEMETA_DATA (the folder that holds omniglot/), or pass "
+            "--set data.download=true to fetch the official zips"
         )
-    found: dict[str, Path | None] = {}
-    for split in _SPLITS:
-        zip_path, folder = root / f"{split}.zip", root / split
-        # The zip first: it is one file, cheap to hash for the cache key, and it is exactly what
-        # the official release ships (an extracted folder may have been edited since).
-        found[split] = zip_path if zip_path.is_file() else folder if folder.is_dir() else None
+    found = {split: _split_source(root, split) for split in _SPLITS}
     missing = [split for split, path in found.items() if path is None]
     if missing and root.exists():
         hint = _layout_hint(root)
@@ -271,22 +296,51 @@ def _locate_sources(
             raise DataError(hint)
         if not download and len(missing) == len(_SPLITS):
             raise DataError(
-                f"Omniglot folder {root} holds neither images_background.zip and "
-                "images_evaluation.zip nor their extracted folders images_background/ and "
-                "images_evaluation/; point --set data.root at the folder that holds them, or "
-                "pass --set data.download=true to fetch them"
+                f"Omniglot folder {root} holds neither images_background nor images_evaluation "
+                "(as .zip, extracted folder or .npz); point --set data.root at the folder that "
+                "holds them, or pass --set data.download=true to fetch the official zips"
             )
         if not download:
             split = missing[0]
             raise DataError(
-                f"Omniglot folder {root} has no {split}.zip and no {split}/ folder; copy it "
-                "there (from the official release) or pass --set data.download=true to fetch it"
+                f"Omniglot folder {root} has no {split}.zip, {split}/ folder or {split}.npz; "
+                "copy it there (from the official release) or pass --set data.download=true to "
+                "fetch it"
             )
     for split in missing:
         found[split] = download_file(
             urls[split], root / f"{split}.zip", sha256=sha256.get(split), progress=progress
         )
     return {split: path for split, path in found.items() if path is not None}
+
+
+# How messages name what a data folder should hold.
+_FORMS = (
+    "images_background and images_evaluation as the official .zip files, their extracted "
+    "folders or the compact .npz copy"
+)
+
+
+def _split_source(root: Path, split: str) -> Path | None:
+    """The zip, else the extracted folder, else the .npz of ``split`` in ``root``; None if none.
+
+    The zip first: it is one file, cheap to hash for the cache key, and it is exactly what the
+    official release ships (an extracted folder may have been edited since). The compact .npz
+    last: it is derived from the official PNGs, so a user who also has those gets them.
+    """
+    zip_path, folder, npz = root / f"{split}.zip", root / split, root / f"{split}.npz"
+    if zip_path.is_file():
+        return zip_path
+    if folder.is_dir():
+        return folder
+    return npz if npz.is_file() else None
+
+
+def _fetch_again(location: Path, split: str) -> str:
+    """How to replace an incomplete copy, in the words of its form."""
+    if location.suffix == ".npz":
+        return f"copy {location.name} again (or use the official {split}.zip)"
+    return f"extract or download {split}.zip again"
 
 
 def _subdirs(path: Path) -> list[Path]:
@@ -297,17 +351,14 @@ def _subdirs(path: Path) -> list[Path]:
 
 
 def _holds_split(path: Path) -> bool:
-    return any((path / f"{s}.zip").is_file() or (path / s).is_dir() for s in _SPLITS)
+    return any(_split_source(path, s) is not None for s in _SPLITS)
 
 
 def _layout_hint(root: Path) -> str | None:
     """A message pointing at the right folder when ``root`` is a recognisable wrong one."""
 
     def use(path: Path) -> str:
-        return (
-            f"pass --set data.root={path} instead (the folder that holds images_background and "
-            "images_evaluation)"
-        )
+        return f"pass --set data.root={path} instead (the folder that holds {_FORMS})"
 
     def is_alphabet(path: Path) -> bool:
         return any(p.name.startswith("character") for p in _subdirs(path))
@@ -334,12 +385,6 @@ def _layout_hint(root: Path) -> str | None:
                 return f"Omniglot folder {root} holds the data further down; {use(path)}"
             below.extend(_subdirs(path))
         level = below
-    if (root / "images_background.npz").is_file():
-        return (
-            f"Omniglot folder {root} holds the compact .npz copy, not the official layout; write "
-            f"it out with `python {root / 'materialize.py'} OUT --zip` and pass --set "
-            "data.root=OUT"
-        )
     if any(root.glob("images_background_small*")):
         return (
             f"Omniglot folder {root} holds only the small background subsets; mnemeta needs the "
@@ -357,23 +402,28 @@ class _Listing:
 
     Attributes:
         split: ``"images_background"`` or ``"images_evaluation"``.
-        location: the zip file or the extracted folder.
+        location: the zip file, the extracted folder or the .npz file.
         classes: ``"Alphabet/characterNN"`` for each character, sorted.
         members: for each class in order, its 20 drawings in file-name order, as paths relative
-            to the zip root / the folder's parent (``images_background/A/character01/x.png``).
-        read: the bytes of one member (raises DataError naming it if unreadable).
+            to the zip root / the folder's parent (``images_background/A/character01/x.png``);
+            the .npz copy stores exactly these paths.
+        image: one member resized to uint8 ``(S, S)``, *not yet inverted* (background 255);
+            raises DataError if it cannot be read and :class:`_BadPng` if it is not an
+            official drawing.
+        where: how an error names one member (``ZIP member M``, a file's path, an .npz row).
     """
 
     split: str
     location: Path
     classes: tuple[str, ...]
     members: tuple[str, ...]
-    read: Callable[[str], bytes]
+    image: Callable[[str, int], np.ndarray]
+    where: Callable[[str], str]
 
 
 @dataclass(frozen=True)
 class _Source:
-    """One split's zip or folder, identified by a hash of its content.
+    """One split's zip, folder or .npz, identified by a hash of its content.
 
     Listing the members is deferred to ``listing()`` because only a cache miss needs it: parsing
     the zip directory of 19,280 members costs more than the whole cache hit otherwise.
@@ -401,8 +451,7 @@ def _group(
         if len(files) != _DRAWINGS:
             raise DataError(
                 f"{location}: {split}/{alphabet}/{character} has {len(files)} drawings, expected "
-                f"{_DRAWINGS}; the copy is incomplete or damaged: extract or download "
-                f"{split}.zip again"
+                f"{_DRAWINGS}; the copy is incomplete or damaged: {_fetch_again(location, split)}"
             )
         classes.append(f"{alphabet}/{character}")
         members.extend(f"{split}/{alphabet}/{character}/{f}" for f in sorted(files))
@@ -463,7 +512,14 @@ def _list_zip(path: Path, split: str, data: bytes) -> _Listing:
                 "it again"
             ) from exc
 
-    listing = _Listing(split, path, classes, members, read)
+    listing = _Listing(
+        split,
+        path,
+        classes,
+        members,
+        lambda member, size: _decode_png(read(member), size),
+        lambda member: f"{path} member {member}",
+    )
     _check_totals(listing)
     return listing
 
@@ -507,7 +563,14 @@ def _list_folder(path: Path, split: str, drawings: Mapping[tuple[str, str], list
                 f"extract {split}.zip again"
             ) from exc
 
-    listing = _Listing(split, path, classes, members, read)
+    listing = _Listing(
+        split,
+        path,
+        classes,
+        members,
+        lambda member, size: _decode_png(read(member), size),
+        lambda member: str(parent / member),
+    )
     _check_totals(listing)
     return listing
 
@@ -519,8 +582,123 @@ def _check_totals(listing: _Listing) -> None:
         raise DataError(
             f"{listing.location} holds {alphabets} alphabets and {len(listing.classes)} "
             f"characters, but the official {listing.split} has {n_alphabets} and {n_classes}; "
-            f"the copy is incomplete: extract or download {listing.split}.zip again"
+            f"the copy is incomplete: {_fetch_again(listing.location, listing.split)}"
         )
+
+
+# --------------------------------------------------------------------------- the compact copy
+
+# The arrays mnemeta reads from an .npz (others, e.g. alphabet/character/drawer, are ignored: the
+# path column says the same). See the README.txt that ships beside the compact copy.
+_NPZ_ARRAYS = ("images_packed", "image_shape", "path")
+_NPZ_MAX_BYTES = 1 << 28  # 256 MiB unpacked: the real ones are ~30 MB; refuse decompression bombs
+_PACKED_WIDTH = (_SIDE + 7) // 8  # np.packbits of 105 pixels: 14 bytes per row
+
+
+def _npz_source(path: Path, split: str) -> _Source:
+    """The compact copy ``images_background.npz``, keyed by the SHA-256 of its bytes.
+
+    The digest is taken over a ``npz:`` prefix and the bytes, so that no .npz can ever share a
+    cache key with a zip (whose digest is over its bytes alone) or a folder (``folder:``), even
+    though all three decode to the same tensors: a key names its source, and two sources are
+    only ever equal by being the same bytes.
+    """
+    data = path.read_bytes()
+    digest = hashlib.sha256(b"npz:" + data).hexdigest()
+    return _Source(split, path, digest, lambda: _list_npz(path, split, data))
+
+
+def _not_the_copy(path: Path, what: str) -> DataError:
+    return DataError(
+        f"{path} {what}; it is not an intact Omniglot compact copy: copy it again, or delete it "
+        "and pass --set data.download=true to fetch the official zip"
+    )
+
+
+def _list_npz(path: Path, split: str, data: bytes) -> _Listing:
+    """Read and check the arrays, and list the members by their stored official paths."""
+    arrays = _read_npz(path, data)
+    packed, shape, paths = (arrays[name] for name in _NPZ_ARRAYS)
+    if shape.shape != (2,) or shape.tolist() != [_SIDE, _SIDE]:
+        raise _not_the_copy(path, f"has image_shape {shape.tolist()}, not [{_SIDE}, {_SIDE}]")
+    if packed.dtype != np.uint8 or packed.ndim != 3 or packed.shape[1:] != (_SIDE, _PACKED_WIDTH):
+        raise _not_the_copy(
+            path,
+            f"holds images_packed {packed.dtype} {packed.shape}, expected uint8 "
+            f"(N, {_SIDE}, {_PACKED_WIDTH}) (1-bit packed {_SIDE}x{_SIDE} images)",
+        )
+    if paths.dtype.kind != "U" or paths.shape != (packed.shape[0],):
+        raise _not_the_copy(
+            path,
+            f"holds path {paths.dtype} {paths.shape}, expected one str per image "
+            f"({packed.shape[0]})",
+        )
+    row_of: dict[str, int] = {}
+    drawings: dict[tuple[str, str], list[str]] = {}
+    for row, member in enumerate(paths.tolist()):
+        parts = member.split("/")
+        if (
+            len(parts) != 4
+            or parts[0] != split
+            or any(p in ("", ".", "..") or "\\" in p or _is_junk(p) for p in parts)
+            or not parts[3].lower().endswith(".png")
+        ):
+            raise _not_the_copy(
+                path,
+                f"row {row} has the path {member!r} (expected "
+                f"{split}/<Alphabet>/<characterNN>/<XXXX_YY>.png)",
+            )
+        if member in row_of:
+            raise _not_the_copy(path, f"holds {member} twice (rows {row_of[member]} and {row})")
+        row_of[member] = row
+        drawings.setdefault((parts[1], parts[2]), []).append(parts[3])
+    classes, members = _group(split, path, drawings)
+
+    def image(member: str, size: int) -> np.ndarray:
+        bits = np.unpackbits(packed[row_of[member]], axis=-1, count=_SIDE)
+        return _resize(bits.astype(bool), size)
+
+    listing = _Listing(
+        split,
+        path,
+        classes,
+        members,
+        image,
+        lambda member: f"{path} row {row_of[member]} ({member})",
+    )
+    _check_totals(listing)
+    return listing
+
+
+def _read_npz(path: Path, data: bytes) -> dict[str, np.ndarray]:
+    """The arrays of :data:`_NPZ_ARRAYS` from an .npz's bytes, without ever unpickling.
+
+    An .npz is a zip of .npy files. Its directory is checked first (a foreign archive, a
+    member that would inflate to gigabytes), then each array is read with
+    ``allow_pickle=False``: an object array (which only a pickle can hold) is refused, never
+    loaded.
+    """
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            infos = zf.infolist()
+    except zipfile.BadZipFile as exc:
+        raise _not_the_copy(path, f"is not a readable .npz ({exc})") from exc
+    names = {info.filename.removesuffix(".npy") for info in infos}
+    missing = [name for name in _NPZ_ARRAYS if name not in names]
+    if missing:
+        raise _not_the_copy(
+            path, f"has no {', '.join(missing)} array (it holds {', '.join(sorted(names))})"
+        )
+    total = sum(info.file_size for info in infos)
+    if total > _NPZ_MAX_BYTES:
+        raise _not_the_copy(path, f"would unpack to {total} bytes, far more than Omniglot")
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            return {name: z[name] for name in _NPZ_ARRAYS}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        # ValueError: an object array (needs pickle) or a damaged .npy header; zlib/BadZipFile
+        # (bad CRC): damaged compressed data.
+        raise _not_the_copy(path, f"is damaged or foreign ({exc})") from exc
 
 
 # ------------------------------------------------------------------------- decoding and caching
@@ -536,16 +714,11 @@ def _decode(listing: _Listing, image_size: int, progress: bool) -> torch.Tensor:
     bar = progress_bar(len(listing.members), f"decoding {listing.split}", "img", progress)
     for i, member in enumerate(listing.members):
         try:
-            out[i] = _decode_png(listing.read(member), image_size)
+            out[i] = listing.image(member, image_size)
         except _BadPng as exc:
-            where = (
-                f"{listing.location} member {member}"
-                if listing.location.is_file()
-                else str(listing.location.parent / member)
-            )
             raise DataError(
-                f"{where} {exc}; the copy is damaged: replace it with the file from the official "
-                f"{listing.split}.zip (or download that again)"
+                f"{listing.where(member)} {exc}; the copy is damaged: replace it with the file "
+                f"from the official {listing.split}.zip (or download that again)"
             ) from exc
         bar.update(1)
     bar.close()
@@ -581,6 +754,17 @@ def _decode_png(blob: bytes, image_size: int) -> np.ndarray:
         # SyntaxError (bad chunk/CRC) or ValueError, depending on where the damage is.
         raise _BadPng(f"is not a readable PNG ({exc})") from exc
     return np.asarray(gray)
+
+
+def _resize(background: np.ndarray, image_size: int) -> np.ndarray:
+    """One bool ``(105, 105)`` image (True = white) resized exactly as :func:`_decode_png` does.
+
+    ``Image.fromarray`` of a bool array is a mode "1" image, the mode of the official PNGs, so
+    the same ``convert("L")`` then resize gives the same pixels as decoding the PNG.
+    """
+    return np.asarray(
+        Image.fromarray(background).convert("L").resize((image_size, image_size), _RESAMPLE)
+    )
 
 
 def _cache_key(source: _Source, image_size: int) -> str:

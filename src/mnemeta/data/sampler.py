@@ -66,25 +66,33 @@ class EpisodeSampler:
     def fixed_episodes(
         self, n_episodes: int, *, seed: int, batch_size: int = 100
     ) -> Iterator[EpisodeBatch]:
-        """The same ``n_episodes`` episodes every time for a given seed, in batches.
+        """The same ``n_episodes`` episodes every time for a given seed, in batches of
+        ``batch_size`` (the last one smaller).
 
         Used for evaluation, so that two checkpoints are compared on identical episodes. A
         private generator is used: drawing them does not move the training stream.
+
+        Streamed: the indices of one 100-episode chunk at a time are drawn, and only one batch
+        of pixels exists at a time, so memory does not grow with ``n_episodes``.
         """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"eval.batch_size must be a positive integer; got {batch_size!r}")
         # Indices are drawn in fixed chunks with their own generators, so the episodes do not
         # depend on batch_size (a GPU and a laptop may batch differently yet score the same).
-        chunks = [
-            self._draw_indices(
+        # Chunks are drawn as they are needed; a batch may span two (or more) of them.
+        classes = torch.empty(0, self.ways, dtype=torch.long)
+        drawings = torch.empty(0, self.ways, self.shots + self.queries, dtype=torch.long)
+        for start in range(0, n_episodes, _CHUNK):
+            c, d = self._draw_indices(
                 min(_CHUNK, n_episodes - start),
                 torch.Generator().manual_seed(seed * 1_000_003 + start),
             )
-            for start in range(0, n_episodes, _CHUNK)
-        ]
-        classes = torch.cat([c for c, _ in chunks])
-        drawings = torch.cat([d for _, d in chunks])
-        for start in range(0, n_episodes, batch_size):
-            stop = start + batch_size
-            yield self._gather(classes[start:stop], drawings[start:stop])
+            classes, drawings = torch.cat([classes, c]), torch.cat([drawings, d])
+            while classes.shape[0] >= batch_size:
+                yield self._gather(classes[:batch_size], drawings[:batch_size])
+                classes, drawings = classes[batch_size:], drawings[batch_size:]
+        if classes.shape[0]:
+            yield self._gather(classes, drawings)
 
     def get_state(self) -> Tensor:
         return self.generator.get_state()
