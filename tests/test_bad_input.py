@@ -378,3 +378,24 @@ def test_memory_export_into_itself_is_refused(
     before = _hashes(store)
     refused(["memory", "export", str(store), str(store / "sub")], capsys, "inside the task memory")
     assert _hashes(store) == before
+
+
+def test_evaluate_with_a_missing_data_folder_names_the_flag_evaluate_has(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A checkpoint of an Omniglot run (a glyphs run's, relabelled: evaluation needs the
+    # data before the weights), evaluated with --data pointing nowhere.
+    import json
+
+    from mnemeta.checkpoint import load_checkpoint, save_checkpoint
+
+    state = load_checkpoint(Path(__file__).parent / "fixtures" / "v0_1" / "protonet.pt")
+    config = json.loads(state["config"])
+    config["data"]["dataset"] = "omniglot"
+    save_checkpoint(tmp_path / "checkpoint.pt", {**state, "config": json.dumps(config)})
+    err = refused(
+        ["evaluate", str(tmp_path), "--data", str(tmp_path / "missing"), "--episodes", "2"],
+        capsys,
+        "does not exist; pass --data PATH",
+    )
+    assert "--set data.root" not in err  # a flag evaluate does not have

@@ -261,7 +261,7 @@ def test_find_root_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
 
 def test_find_root_without_anything_says_how_to_fix(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MNEMETA_DATA", raising=False)
-    with pytest.raises(MnemetaError, match=r"--set data\.root=PATH or set MNEMETA_DATA"):
+    with pytest.raises(MnemetaError, match=r"--data PATH or set MNEMETA_DATA"):
         find_omniglot_root(None)
 
 
@@ -676,13 +676,13 @@ def test_unwritable_cache_warns_and_still_returns_the_data(
 
 
 def test_missing_root(tmp_path: Path) -> None:
-    with pytest.raises(MnemetaError, match=r"does not exist; pass --set data\.root=PATH"):
+    with pytest.raises(MnemetaError, match=r"does not exist; pass --data PATH"):
         load_omniglot_background_evaluation(tmp_path / "nope")
 
 
 def test_root_is_a_file(omniglot_zip_root: Path) -> None:
     zip_path = omniglot_zip_root / "images_background.zip"
-    with pytest.raises(MnemetaError, match=f"is a file.*data.root={omniglot_zip_root}"):
+    with pytest.raises(MnemetaError, match=f"is a file.*--data {omniglot_zip_root}"):
         load_omniglot_background_evaluation(zip_path)
 
 
@@ -696,13 +696,13 @@ def test_root_one_level_too_deep(omniglot_folder_root: Path) -> None:
         omniglot_folder_root / "images_background",
         omniglot_folder_root / "images_evaluation",
     ):
-        with pytest.raises(MnemetaError, match=f"split folder.*data.root={omniglot_folder_root} "):
+        with pytest.raises(MnemetaError, match=f"split folder.*--data {omniglot_folder_root} "):
             load_omniglot_background_evaluation(deep)
 
 
 def test_root_two_levels_too_deep(omniglot_folder_root: Path) -> None:
     alphabet = omniglot_folder_root / "images_background" / "Latin"
-    with pytest.raises(MnemetaError, match=f"alphabet folder.*data.root={omniglot_folder_root} "):
+    with pytest.raises(MnemetaError, match=f"alphabet folder.*--data {omniglot_folder_root} "):
         load_omniglot_background_evaluation(alphabet)
 
 
@@ -718,7 +718,7 @@ def test_root_too_shallow(
     # Even with download=True: fetching into the wrong folder would hide the user's data.
     dead = {split: f"{http_server[1]}/missing.zip" for split in SPLITS}
     for download in (False, True):
-        with pytest.raises(MnemetaError, match=f"further down.*data.root={data / nested} "):
+        with pytest.raises(MnemetaError, match=f"further down.*--data {data / nested} "):
             load_omniglot_background_evaluation(data, download=download, urls=dead)
 
 
@@ -729,7 +729,7 @@ def test_root_too_shallow_with_the_npz_copy(omniglot_source_dir: Path, tmp_path:
         _link_or_copy(
             str(omniglot_source_dir / f"{split}.npz"), str(data / "omniglot" / f"{split}.npz")
         )
-    with pytest.raises(MnemetaError, match=f"further down.*data.root={data / 'omniglot'} .*npz"):
+    with pytest.raises(MnemetaError, match=f"further down.*--data {data / 'omniglot'} .*npz"):
         load_omniglot_background_evaluation(data)
 
 

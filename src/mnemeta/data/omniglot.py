@@ -126,7 +126,7 @@ def find_omniglot_root(root: str | os.PathLike[str] | None) -> Path:
     if data:
         return Path(data).expanduser() / "omniglot"
     raise DataError(
-        "no Omniglot folder given: pass --set data.root=PATH or set MNEMETA_DATA (the folder "
+        "no Omniglot folder given: pass --data PATH or set MNEMETA_DATA (the folder "
         "that holds omniglot/)"
     )
 
@@ -270,7 +270,7 @@ def _locate_sources(
     downloading the zips of what is missing."""
     if root.is_file():
         raise DataError(
-            f"Omniglot root {root} is a file, not a folder; pass --set data.root={root.parent} "
+            f"Omniglot root {root} is a file, not a folder; pass --data {root.parent} "
             f"(the folder that holds {_FORMS})"
         )
     if not root.exists() and not download:
@@ -279,10 +279,10 @@ def _locate_sources(
             raise DataError(
                 f"Omniglot folder {root} does not exist, but {root.parent} holds the Omniglot "
                 f"files; set MNEMETA_DATA={root.parent.parent} (the folder that holds omniglot/) "
-                f"or pass --set data.root={root.parent}"
+                f"or pass --data {root.parent}"
             )
         raise DataError(
-            f"Omniglot folder {root} does not exist; pass --set data.root=PATH (the folder that "
+            f"Omniglot folder {root} does not exist; pass --data PATH (the folder that "
             f"holds {_FORMS}), set MNEMETA_DATA (the folder that holds omniglot/), or pass "
             "--set data.download=true to fetch the official zips"
         )
@@ -297,7 +297,7 @@ def _locate_sources(
         if not download and len(missing) == len(_SPLITS):
             raise DataError(
                 f"Omniglot folder {root} holds neither images_background nor images_evaluation "
-                "(as .zip, extracted folder or .npz); point --set data.root at the folder that "
+                "(as .zip, extracted folder or .npz); point --data at the folder that "
                 "holds them, or pass --set data.download=true to fetch the official zips"
             )
         if not download:
@@ -358,7 +358,7 @@ def _layout_hint(root: Path) -> str | None:
     """A message pointing at the right folder when ``root`` is a recognisable wrong one."""
 
     def use(path: Path) -> str:
-        return f"pass --set data.root={path} instead (the folder that holds {_FORMS})"
+        return f"pass --data {path} instead (the folder that holds {_FORMS})"
 
     def is_alphabet(path: Path) -> bool:
         return any(p.name.startswith("character") for p in _subdirs(path))
