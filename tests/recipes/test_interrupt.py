@@ -43,17 +43,29 @@ def _args(out: Path, steps: int) -> list[str]:
     return args
 
 
+def _env() -> dict[str, str]:
+    """One environment for every run a test compares: the same thread count in each process,
+    so that floating-point reductions happen in the same order (bit-identical losses)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(mnemeta.__file__).parents[1]), *sys.path])
+    return env
+
+
+def _cli(args: list[str]) -> subprocess.CompletedProcess[str]:
+    """The CLI in a subprocess with :func:`_env`."""
+    cmd = [sys.executable, "-m", "mnemeta.cli", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=600)
+
+
 def _interrupt(out: Path, sig: int, after_step: int = 8) -> tuple[int, str]:
     """Start a run of many steps in a subprocess, send ``sig`` once it has logged
     ``after_step``, and return its exit code and stderr."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(mnemeta.__file__).parents[1]), *sys.path])
     proc = subprocess.Popen(
         [sys.executable, "-m", "mnemeta.cli", *_args(out, 100_000)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=env,
+        env=_env(),
     )
     assert proc.stdout is not None
     deadline = time.monotonic() + 120
@@ -74,7 +86,7 @@ def test_ctrl_c_checkpoints_and_the_resume_command_continues_the_run_exactly(
     tmp_path: Path,
 ) -> None:
     whole, split = tmp_path / "whole", tmp_path / "split"
-    assert main(_args(whole, END)) == 0
+    assert _cli(_args(whole, END)).returncode == 0
     code, err = _interrupt(split, signal.SIGINT)
     assert code == 130, err
     last = err.strip().splitlines()[-1]
@@ -84,7 +96,8 @@ def test_ctrl_c_checkpoints_and_the_resume_command_continues_the_run_exactly(
     assert 8 <= stopped < END
     # The printed command, with the new step budget (a safe change): no preset, no --set of
     # the run's own settings; the checkpoint holds them.
-    assert main(["train", "--resume", str(split), "--set", f"train.steps={END}"]) == 0
+    resumed = _cli(["train", "--resume", str(split), "--set", f"train.steps={END}"])
+    assert resumed.returncode == 0, resumed.stderr
     assert _rows(split) == _rows(whole)
     a, b = load_checkpoint(whole / "checkpoint.pt"), load_checkpoint(split / "checkpoint.pt")
     assert a["step"] == b["step"] == END
