@@ -11,6 +11,7 @@ the store), so that neither hands out nor "cleans" a damaged store.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -43,7 +44,7 @@ def export(records: Records, cache: IndexCache, dest: str | os.PathLike[str]) ->
     """
     out = Path(dest)
     tmp = export_folder(records.path, out)
-    try:
+    with building_copy(tmp, out):
         cache.catch_up()
         (tmp / TENSORS).mkdir()
         if cache.index.ntotal:  # before the snapshot: it covers a prefix of the snapshot
@@ -75,6 +76,16 @@ def export(records: Records, cache: IndexCache, dest: str | os.PathLike[str]) ->
         fsync_dir(tmp)
         os.replace(tmp, out)  # POSIX: replaces a missing or empty folder atomically
         fsync_dir(out.parent)
+    return {"path": str(out), "count": count, "disk_bytes": disk_bytes(out)}
+
+
+@contextlib.contextmanager
+def building_copy(tmp: Path, out: Path) -> Iterator[None]:
+    """The body that builds a copy in ``tmp`` and renames it to ``out``: if it fails, ``tmp``
+    is removed, and an OS error (a full disk, no permission) becomes the one-line
+    :class:`StoreError` that says nothing was exported."""
+    try:
+        yield
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise StoreError(
@@ -84,7 +95,6 @@ def export(records: Records, cache: IndexCache, dest: str | os.PathLike[str]) ->
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return {"path": str(out), "count": count, "disk_bytes": disk_bytes(out)}
 
 
 def export_folder(store: Path, out: Path) -> Path:

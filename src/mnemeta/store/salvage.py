@@ -40,7 +40,7 @@ from safetensors.torch import load as tensors_from_safetensors_bytes
 from mnemeta.errors import StoreError
 from mnemeta.io import fsync_dir, fsync_file
 from mnemeta.store import index as index_mod
-from mnemeta.store.maintenance import disk_bytes, export_folder
+from mnemeta.store.maintenance import building_copy, disk_bytes, export_folder
 from mnemeta.store.records import PARAMS_NAME
 from mnemeta.store.schema import (
     DB,
@@ -84,7 +84,7 @@ def salvage(path: str | os.PathLike[str], dest: str | os.PathLike[str]) -> dict[
             f"{src} holds no {DB}; there is nothing to export. Restore the store from a backup"
         )
     tmp = export_folder(src, out)
-    try:
+    with building_copy(tmp, out):
         scratch, truncated = _scratch_copy(db, tmp)
         conn = sqlite3.connect(scratch, isolation_level=None)
         try:
@@ -107,15 +107,6 @@ def salvage(path: str | os.PathLike[str], dest: str | os.PathLike[str]) -> dict[
         fsync_dir(tmp)
         os.replace(tmp, out)
         fsync_dir(out.parent)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise StoreError(
-            f"cannot write the copy at {out} ({e}); nothing was exported. Check the free space "
-            "and permissions there, or pass another folder"
-        ) from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {"path": str(out), **result, "damage": damage, "disk_bytes": disk_bytes(out)}
 
 
