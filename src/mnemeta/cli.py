@@ -9,9 +9,11 @@ continues it. Output into a closed pipe (``mnemeta list | head``) ends quietly.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -58,7 +60,7 @@ def _one_line(e: BaseException) -> str:
     assert isinstance(e, OSError)
     # An OS error the code did not foresee (a full disk while writing metrics, a folder that
     # vanished): the OS's reason and the file, which is what a user can act on.
-    reason = "disk full" if e.errno == 28 else (e.strerror or str(e))
+    reason = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
     where = f": {e.filename}" if e.filename else ""
     return f"{reason}{where}; fix the file or folder (or free space) and run again"
 
@@ -70,7 +72,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {self.prog}: {message}; see {self.prog} --help\n")
 
 
-def _at_least(low: int, what: str) -> type:
+def _at_least(low: int, what: str) -> Callable[[str], int]:
     """An argparse ``type`` for integers >= ``low``."""
 
     def parse(text: str) -> int:
@@ -82,8 +84,7 @@ def _at_least(low: int, what: str) -> type:
             raise argparse.ArgumentTypeError(f"expects {what}, got {value}")
         return value
 
-    parse.__name__ = what  # argparse names the type in some messages
-    return parse  # type: ignore[return-value]
+    return parse
 
 
 def _parser() -> argparse.ArgumentParser:

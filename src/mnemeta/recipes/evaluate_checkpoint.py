@@ -108,6 +108,8 @@ def evaluate_checkpoint(
     )
     path = str(checkpoint_file(path))
     ec = loaded.config.eval
+    # Where the result goes is checked before the (possibly long) evaluation, not after it.
+    target = result_path(out, Path(path), f"eval_{ec.split}_{ec.ways}w{ec.shots}s_{ec.episodes}")
     result = evaluate(
         loaded.learner,
         loaded.sampler,
@@ -116,7 +118,6 @@ def evaluate_checkpoint(
         batch_size=ec.batch_size,
         split=ec.split,
     )
-    target = result_path(out, Path(path), f"eval_{ec.split}_{ec.ways}w{ec.shots}s_{ec.episodes}")
     payload = {
         "checkpoint": str(path),
         "step": loaded.step,
@@ -129,8 +130,8 @@ def evaluate_checkpoint(
 
 def result_path(out: str | None, checkpoint: Path, name: str) -> Path:
     """Where an evaluation's JSON goes: ``out`` (a file, or a folder to put ``name.json`` in),
-    by default beside the checkpoint. Checked before the evaluation runs would be better still;
-    the folder is created if missing, and a file in the way is a one-line error."""
+    by default beside the checkpoint. A missing folder is created when the result is written;
+    a file in the way is a one-line error. Call it before evaluating."""
     if not out:
         return checkpoint.with_name(f"{name}.json")
     target = Path(out).expanduser()

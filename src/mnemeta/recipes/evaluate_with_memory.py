@@ -73,6 +73,8 @@ def evaluate_with_memory(
     if not callable(getattr(encoder, "out_features", None)):
         raise ConfigError("--memory needs a model with an encoder (the task embedding's features)")
     features = int(encoder.out_features(sampler.data.image_shape))  # type: ignore[union-attr]
+    # Where the result goes is checked before the memory is opened and written to.
+    target = result_path(out, checkpoint_file(path), f"eval_memory_{ec.split}_{ec.episodes}")
     memory = TaskMemory(memory_path, dim=embedding_size(features), index="flat")
     try:
         adapter = MemoryAugmentedAdaptation(
@@ -96,7 +98,6 @@ def evaluate_with_memory(
         memory.close()
     mean, ci = mean_ci95(torch.cat(accs) * 100.0)
     result = EvalResult(mean, ci, ec.episodes, config.train.ways, ec.shots, ec.queries, ec.split)
-    target = result_path(out, checkpoint_file(path), f"eval_memory_{ec.split}_{ec.episodes}")
     payload = {
         "checkpoint": str(path),
         "memory": str(memory_path),
