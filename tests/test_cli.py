@@ -44,7 +44,7 @@ def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
         ),
         (
             ["--set", "train.shots=15", "--set", "train.queries=10"],
-            "shots + queries = 15 + 10 = 25 but some classes of split 'train' have only 20",
+            "shots + queries = 15 + 10 = 25 but class 'glyph00000' of split 'train' has only 20",
         ),
         (
             ["--set", "model.algorithm=mamal"],

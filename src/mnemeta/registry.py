@@ -104,9 +104,16 @@ class LearnerSpec(Entry):
 
 @dataclass(frozen=True)
 class BackboneSpec(Entry):
-    """A feature extractor: ``build(config, in_channels, per_task_statistics=...)``."""
+    """A feature extractor: ``build(config, size, per_task_statistics=...)``.
+
+    Attributes:
+        takes: what ``size`` is: ``"channels"``, the first dimension of the input (a Conv-4's
+            image channels), or ``"features"``, the number of values in one input (a backbone
+            over flat feature vectors such as sentence embeddings).
+    """
 
     build: Callable[..., Any] = dataclasses.field(default=lambda *a, **k: None)
+    takes: str = "channels"
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from mnemeta.config import config_from_dict
 from mnemeta.data.glyphs import make_glyphs
 from mnemeta.data.sampler import EpisodeSampler
 from mnemeta.episode import EpisodeBatch
-from mnemeta.nn import Conv4
+from mnemeta.nn import Conv4, ResidualAdapter
 from mnemeta.recipes.build import build_learner
 from mnemeta.registry import LEARNERS as REGISTRY
 
@@ -36,10 +36,10 @@ from mnemeta.registry import LEARNERS as REGISTRY
 TINY: dict[str, dict[str, object]] = {"reptile": {"eval_inner_batch": 6}}
 
 
-def _registered(name: str) -> Callable[[], nn.Module]:
+def _registered(name: str, hidden: int = 8, **settings: object) -> Callable[[], nn.Module]:
     def build() -> nn.Module:
-        model = {"algorithm": name, **TINY.get(name, {})}
-        config = config_from_dict({"model": model, "backbone": {"hidden": 8}})
+        model = {"algorithm": name, **TINY.get(name, {}), **settings}
+        config = config_from_dict({"model": model, "backbone": {"hidden": hidden}})
         learner: nn.Module = build_learner(config, (1, 16, 16), n_way=3, classes=12)
         return learner
 
@@ -54,6 +54,13 @@ REGISTERED = {
 
 LEARNERS: dict[str, Callable[[], nn.Module]] = {
     **REGISTERED,
+    # The backbones over flat features (sentence embeddings), here over flattened images.
+    "protonet-adapter": _registered("protonet", backbone="adapter", distance="cosine", scale=10.0),
+    "anil-adapter": _registered("anil", backbone="adapter"),
+    # cosine: a shift of every embedding leaves squared Euclidean distances unchanged.
+    "protonet-feature-scale": _registered(
+        "protonet", hidden=0, backbone="adapter", distance="cosine", scale=10.0
+    ),
     "protonet": lambda: ProtoNet(Conv4(1, 8, primitive_bn=False)),
     "protonet-cosine": lambda: ProtoNet(Conv4(1, 8), distance="cosine"),
     "matching": lambda: MatchingNet(Conv4(1, 8), embedding_dim=8),
@@ -82,6 +89,8 @@ SAME_AT_TEST_TIME: dict[str, Callable[[], nn.Module]] = {
         _net(), inner_steps=2, eval_inner_steps=2, inner_batch=6, eval_inner_batch=6
     ),
     "meta_memory": lambda: MetaMemoryNet(Conv4(1, 8), 8, hops=2, inner_steps=2),
+    # Fine-tuning on the support happens in adapt only: with none, adapt is meta_loss's ProtoNet.
+    "registered-support_finetune": _registered("support_finetune", finetune_steps=0),
 }
 
 
@@ -149,6 +158,21 @@ def _structurally_zero(name: str) -> bool:
     return name.endswith(("conv.bias", "conv__bias"))
 
 
+def _behind_a_zero_layer(learner: nn.Module) -> set[str]:
+    """The other structural zero: a ResidualAdapter starts as the identity, its last layer all
+    zeros, so the layers before that layer get no gradient until it has moved (as every
+    zero-initialised residual branch). Its own weights do get one."""
+    names = set()
+    for prefix, module in learner.named_modules():
+        branch = module.branch if isinstance(module, ResidualAdapter) else None
+        if branch is not None and not branch[-1].weight.any():
+            for sub in ("0", "1"):  # its LayerNorm and first Linear
+                names |= {
+                    f"{prefix}.branch.{sub}.{n}" for n, _ in branch[int(sub)].named_parameters()
+                }
+    return names
+
+
 @pytest.mark.parametrize("name", LEARNERS)
 def test_every_parameter_gets_a_gradient(name: str, batch: EpisodeBatch) -> None:
     # Float64, so that the structural zeros stay at rounding level (~1e-16 of the largest
@@ -166,12 +190,13 @@ def test_every_parameter_gets_a_gradient(name: str, batch: EpisodeBatch) -> None
         grads[pname] = p.grad.abs().max().item()
     largest = max(grads.values())
     assert largest > 0
+    zero_at_start = _behind_a_zero_layer(learner)
     # A structural zero is only zero up to rounding, and Reptile's inner Adam divides by
     # sqrt(v) + eps, which turns that rounding (~1e-16) into steps up to lr * noise / eps: up to
     # 1.3e-7 of the largest gradient seen with Reptile's default 5 steps. Real gradients are at
     # least 4.7e-4 of the largest here, so the two bounds stay 50x apart.
     for pname, g in grads.items():
-        if _structurally_zero(pname):
+        if _structurally_zero(pname) or pname in zero_at_start:
             assert g <= 1e-6 * largest, f"{pname}: {g / largest:.1e}, expected a structural 0"
         else:
             assert g > 1e-5 * largest, f"{pname}: gradient {g / largest:.1e} of the largest"

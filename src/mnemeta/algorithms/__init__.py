@@ -10,6 +10,7 @@ from mnemeta.algorithms.meta_memory import MetaMemoryNet
 from mnemeta.algorithms.protocol import MetaLearner, Predictor, accuracy
 from mnemeta.algorithms.protonet import ProtoNet, prototypes, squared_euclidean
 from mnemeta.algorithms.reptile import Reptile
+from mnemeta.algorithms.support_finetune import SupportFinetune
 from mnemeta.algorithms.task_embedding import support_embedding, task_embedding
 from mnemeta.algorithms.task_memory_adapt import MemoryAugmentedAdaptation
 
@@ -26,6 +27,7 @@ __all__ = [
     "Predictor",
     "ProtoNet",
     "Reptile",
+    "SupportFinetune",
     "accuracy",
     "prototypes",
     "squared_euclidean",

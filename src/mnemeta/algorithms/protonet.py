@@ -26,9 +26,14 @@ class ProtoNet(nn.Module):
         encoder: the embedding network f_φ (Conv-4 in the paper).
         distance: ``"sqeuclidean"`` (the paper's choice, a Bregman divergence, which the paper
             shows works better than cosine) or ``"cosine"``.
+        scale: cosine only: logits are ``scale · cos``. Cosines lie in [-1, 1], so with scale 1
+            the softmax can never be confident and the loss stays near log N; 10 is the usual
+            fixed temperature (Chen et al. 2019's Baseline++; Gidaris & Komodakis 2018).
     """
 
-    def __init__(self, encoder: nn.Module, *, distance: str = "sqeuclidean") -> None:
+    def __init__(
+        self, encoder: nn.Module, *, distance: str = "sqeuclidean", scale: float = 1.0
+    ) -> None:
         super().__init__()
         if distance not in ("sqeuclidean", "cosine"):
             raise ConfigError(
@@ -36,6 +41,7 @@ class ProtoNet(nn.Module):
             )
         self.encoder = encoder
         self.distance = distance
+        self.scale = scale
 
     def embed(self, x: Tensor) -> Tensor:
         """``(tasks, n, *input_shape)`` -> ``(tasks, n, D)``, one encoder call for all tasks."""
@@ -61,9 +67,7 @@ class ProtoNet(nn.Module):
     def _logits(self, protos: Tensor, queries: Tensor) -> Tensor:
         """``(T, N, D)`` prototypes, ``(T, Q, D)`` queries -> ``(T, Q, N)`` logits."""
         if self.distance == "cosine":
-            return nn.functional.normalize(queries, dim=-1) @ nn.functional.normalize(
-                protos, dim=-1
-            ).transpose(1, 2)
+            return self.scale * cosine_similarity(queries, protos)
         return -squared_euclidean(queries, protos)
 
 
@@ -76,6 +80,11 @@ def prototypes(embeddings: Tensor, labels: Tensor, n_way: int) -> Tensor:
     onehot = nn.functional.one_hot(labels, n_way).to(embeddings.dtype)  # (T, S, N)
     sums = onehot.transpose(1, 2) @ embeddings  # (T, N, D)
     return sums / onehot.sum(dim=1).clamp_min(1.0).unsqueeze(-1)
+
+
+def cosine_similarity(a: Tensor, b: Tensor) -> Tensor:
+    """``(T, Q, D)``, ``(T, N, D)`` -> ``(T, Q, N)`` of cosines."""
+    return nn.functional.normalize(a, dim=-1) @ nn.functional.normalize(b, dim=-1).transpose(1, 2)
 
 
 def squared_euclidean(a: Tensor, b: Tensor) -> Tensor:
@@ -92,11 +101,15 @@ class ProtoNetConfig(EpisodicConfig):
     # Squared Euclidean: the paper's choice (a Bregman divergence, better than cosine in its
     # §2.7 ablation); "cosine" compares normalised embeddings.
     distance: str = checked("sqeuclidean", choices=("sqeuclidean", "cosine"))
+    # cosine only: logits = scale x cosine; 1 keeps v0.1's logits, the text presets use 10.
+    scale: float = checked(1.0, gt=0)
 
 
 def _build(cfg: ProtoNetConfig, ctx: BuildContext) -> ProtoNet:
     # Metric learners keep running BN statistics for evaluation.
-    return ProtoNet(ctx.build_backbone(per_task_statistics=False), distance=cfg.distance)
+    return ProtoNet(
+        ctx.build_backbone(per_task_statistics=False), distance=cfg.distance, scale=cfg.scale
+    )
 
 
 LEARNERS.register(

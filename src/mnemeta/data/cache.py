@@ -45,7 +45,14 @@ from safetensors.torch import save
 
 from mnemeta.io import atomic_write_bytes
 
-__all__ = ["TensorCache", "cache_folder", "cache_key", "check_tensor", "content_digest"]
+__all__ = [
+    "TensorCache",
+    "cache_folder",
+    "cache_key",
+    "check_tensor",
+    "content_digest",
+    "user_cache_folder",
+]
 
 #: A dataset's own checks of a cache entry: ``validate(tensors, metadata)`` returns what is
 #: wrong (a short phrase for the warning), or None if the entry is good.
@@ -72,6 +79,15 @@ def cache_folder(cache_dir: str | os.PathLike[str] | None, root: Path) -> Path:
     beside = root / ".mnemeta_cache"
     if beside.is_dir() or not root.is_dir() or _writable(root):
         return beside
+    return user_cache_folder()
+
+
+def user_cache_folder() -> Path:
+    """``$MNEMETA_CACHE`` if set, else ``$XDG_CACHE_HOME/mnemeta`` (default ``~/.cache/mnemeta``):
+    the cache of data that has no folder of its own to sit beside (e.g. text embeddings)."""
+    env = os.environ.get("MNEMETA_CACHE")
+    if env:
+        return Path(env).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME")
     return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "mnemeta"
 

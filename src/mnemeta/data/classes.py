@@ -1,8 +1,10 @@
-"""A class-indexed image dataset held as one uint8 tensor.
+"""A class-indexed dataset held as one tensor: images (uint8) or precomputed features (float).
 
 Every few-shot image dataset in mnemeta (Omniglot, the synthetic glyphs of the demo, a user's
 own folder of classes) ends up as a :class:`ClassImages`: all pixels in one
 ``(n_classes, max_per_class, channels, height, width)`` uint8 tensor plus a per-class count.
+Text data sets are the same table over sentence embeddings: ``(n_classes, max_per_class, dim)``
+float32, one row per utterance (:mod:`mnemeta.data.text_classes`).
 Episodes are then drawn by tensor indexing on the target device (see
 :mod:`mnemeta.data.sampler`); there is no per-item Python loop and no DataLoader.
 """
@@ -20,11 +22,12 @@ from mnemeta.errors import ConfigError, DataError
 
 @dataclass(frozen=True)
 class ClassImages:
-    """Images grouped by class.
+    """Examples grouped by class: images, or feature vectors such as sentence embeddings.
 
     Attributes:
-        images: uint8 ``(n_classes, max_per_class, C, H, W)``; rows past a class's count
-            are padding.
+        images: uint8 ``(n_classes, max_per_class, C, H, W)`` images, or float32
+            ``(n_classes, max_per_class, *shape)`` features (e.g. ``(..., 384)`` embeddings);
+            rows past a class's count are padding.
         counts: int64 ``(n_classes,)``, the number of real images of each class.
         names: one name per class, e.g. ``"Angelic/character01/rot090"``.
     """
@@ -34,10 +37,13 @@ class ClassImages:
     names: tuple[str, ...]
 
     def __post_init__(self) -> None:
-        if self.images.dtype != torch.uint8 or self.images.dim() != 5:
+        images = self.images.dtype == torch.uint8 and self.images.dim() == 5
+        features = self.images.dtype == torch.float32 and self.images.dim() >= 3
+        if not (images or features):
             raise DataError(
-                f"ClassImages.images must be uint8 (classes, per_class, C, H, W); got "
-                f"{self.images.dtype} with shape {tuple(self.images.shape)}"
+                f"ClassImages.images must be uint8 (classes, per_class, C, H, W) or float32 "
+                f"(classes, per_class, *features); got {self.images.dtype} with shape "
+                f"{tuple(self.images.shape)}"
             )
         n = self.images.shape[0]
         if self.counts.shape != (n,) or len(self.names) != n:
@@ -55,9 +61,23 @@ class ClassImages:
         return int(self.counts.min()) if self.n_classes else 0
 
     @property
-    def image_shape(self) -> tuple[int, int, int]:
-        c, h, w = self.images.shape[2:]
-        return int(c), int(h), int(w)
+    def example_shape(self) -> tuple[int, ...]:
+        """The shape of one example: ``(C, H, W)`` for images, ``(dim,)`` for embeddings."""
+        return tuple(int(s) for s in self.images.shape[2:])
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        """The shape of one example (the name from when every example was an image)."""
+        return self.example_shape
+
+    @property
+    def is_features(self) -> bool:
+        """True for float feature vectors (used as they are), False for uint8 images."""
+        return self.images.dtype != torch.uint8
+
+    def smallest_class(self) -> str:
+        """The name of a class with the fewest examples, for error messages."""
+        return self.names[int(self.counts.argmin())] if self.n_classes else ""
 
     def to(self, device: torch.device | str) -> ClassImages:
         return ClassImages(self.images.to(device), self.counts.to(device), self.names)

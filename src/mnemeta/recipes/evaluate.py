@@ -86,6 +86,25 @@ def evaluate(
 
     The learner is put in ``eval()`` mode (BN running statistics) for the duration and restored.
     """
+    accs = episode_accuracies(
+        learner, sampler, episodes=episodes, seed=seed, batch_size=batch_size, max_images=max_images
+    )
+    mean, ci = mean_ci95(accs * 100.0)
+    return EvalResult(mean, ci, episodes, sampler.ways, sampler.shots, sampler.queries, split)
+
+
+@torch.no_grad()
+def episode_accuracies(
+    learner: MetaLearner,
+    sampler: EpisodeSampler,
+    *,
+    episodes: int,
+    seed: int,
+    batch_size: int = 50,
+    max_images: int = MAX_IMAGES_PER_PASS,
+) -> torch.Tensor:
+    """The accuracy (a fraction) of each of the ``episodes`` fixed episodes, ``(episodes,)``: what
+    :func:`evaluate` summarises, and what a paired comparison of two learners needs."""
     per_pass = episodes_per_pass(sampler, batch_size, max_images)
     was_training = isinstance(learner, nn.Module) and learner.training
     if isinstance(learner, nn.Module):
@@ -101,5 +120,4 @@ def evaluate(
     finally:
         if isinstance(learner, nn.Module):
             learner.train(was_training)
-    mean, ci = mean_ci95(accs * 100.0)
-    return EvalResult(mean, ci, episodes, sampler.ways, sampler.shots, sampler.queries, split)
+    return accs

@@ -53,12 +53,18 @@ def load_for_evaluation(
     ec.episodes = episodes if episodes is not None else ec.episodes
     ec.ways, ec.shots = ways or ec.ways, shots or ec.shots
     ec.queries = queries if queries is not None else ec.queries
-    ec.split = split or ec.split
     ec.seed = seed if seed is not None else ec.seed
     ec.batch_size = batch_size if batch_size is not None else ec.batch_size
-    check_values(config)  # the values given here obey the same rules as the config's
     if data_root is not None:
-        config.data.root = data_root
+        if is_text_file(data_root) and config.data.dataset in TEXT_DATASETS:
+            # Another file of labelled texts: its classes are new ones, so every class is
+            # scored (split "all"), embedded by the encoder the checkpoint was trained on.
+            config.data.dataset, config.data.path = "text", data_root
+            ec.split = "all"
+        else:
+            config.data.root = data_root
+    ec.split = split or ec.split
+    check_values(config)  # the values given here obey the same rules as the config's
     dev = pick_device(device or config.device)
     splits = build_splits(config.data)
     if ec.split not in splits:
@@ -77,6 +83,16 @@ def load_for_evaluation(
     learner = loaded.learner
     learner.to(dev)
     return LoadedCheckpoint(config, loaded.step, learner, sampler, dev)
+
+
+#: The data sets of sentence embeddings: a checkpoint trained on one evaluates on any text file.
+TEXT_DATASETS = ("clinc150", "text")
+
+
+def is_text_file(path: str) -> bool:
+    from mnemeta.data.text import FORMATS
+
+    return Path(path).suffix.lower() in FORMATS
 
 
 def evaluate_checkpoint(

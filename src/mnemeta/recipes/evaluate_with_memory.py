@@ -72,7 +72,7 @@ def evaluate_with_memory(
     encoder = getattr(learner.model, "encoder", None)
     if not callable(getattr(encoder, "out_features", None)):
         raise ConfigError("--memory needs a model with an encoder (the task embedding's features)")
-    features = int(encoder.out_features(sampler.data.image_shape))  # type: ignore[union-attr]
+    features = int(encoder.out_features(sampler.data.example_shape))  # type: ignore[union-attr]
     # Where the result goes is checked before the memory is opened and written to.
     target = result_path(out, checkpoint_file(path), f"eval_memory_{ec.split}_{ec.episodes}")
     memory = TaskMemory(memory_path, dim=embedding_size(features), index="flat")

@@ -109,7 +109,7 @@ def _meta_train(
         config, ec.ways, f"set eval.ways and train.ways to the same value ({ec.ways} != {tc.ways})"
     )
     learner = build_learner(
-        config, train_data.image_shape, n_way=tc.ways, classes=train_data.n_classes
+        config, train_data.example_shape, n_way=tc.ways, classes=train_data.n_classes
     ).to(device)
     optimizer = build_optimizer(config, learner.parameters())
     meta_loss = build_meta_loss(learner, tc.compile)
@@ -147,7 +147,7 @@ def _meta_train(
                 "running": running.cpu(),
                 "train_seconds": clock.seconds(),
                 # What mnemeta.load needs to rebuild the learner without the data.
-                "input_shape": list(train_data.image_shape),
+                "input_shape": list(train_data.example_shape),
                 "outputs": tc.ways,
                 "classes": train_data.n_classes,
             },

@@ -1,0 +1,87 @@
+"""Texts -> cached embeddings -> a class table that the ordinary EpisodeSampler draws from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from mnemeta.data.sampler import EpisodeSampler
+from mnemeta.data.text import LabelledTexts
+from mnemeta.data.text_classes import embed_texts, group_by_label, text_classes
+from mnemeta.errors import DataError
+
+
+class CountingEncoder:
+    """A stand-in for SentenceEncoder: a text's embedding is its length and first letter."""
+
+    identity = "counting@0"
+    dim = 2
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def encode(self, texts: list[str], *, batch_size: int = 128, progress: bool = False):
+        self.calls += 1
+        return torch.tensor([[float(len(t)), float(ord(t[0]))] for t in texts])
+
+
+def test_embeddings_are_cached_by_encoder_and_texts(tmp_path: Path) -> None:
+    enc = CountingEncoder()
+    first = embed_texts(["ab", "c"], enc, cache_dir=tmp_path)  # type: ignore[arg-type]
+    again = embed_texts(["ab", "c"], enc, cache_dir=tmp_path)  # type: ignore[arg-type]
+    assert enc.calls == 1 and torch.equal(first, again)
+    embed_texts(["a", "bc"], enc, cache_dir=tmp_path)  # type: ignore[arg-type]
+    assert enc.calls == 2  # other texts (same characters): another key
+    enc.identity = "counting@1"
+    embed_texts(["ab", "c"], enc, cache_dir=tmp_path)  # type: ignore[arg-type]
+    assert enc.calls == 3  # another encoder: another key
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_damaged_cache_file_is_rebuilt(tmp_path: Path) -> None:
+    enc = CountingEncoder()
+    embed_texts(["ab", "c"], enc, cache_dir=tmp_path)  # type: ignore[arg-type]
+    (file,) = tmp_path.glob("embeddings-*.safetensors")
+    blob = bytearray(file.read_bytes())
+    blob[-3] ^= 0xFF
+    file.write_bytes(bytes(blob))
+    with pytest.warns(RuntimeWarning, match="damaged text embedding cache"):
+        out = embed_texts(["ab", "c"], enc, cache_dir=tmp_path)  # type: ignore[arg-type]
+    assert enc.calls == 2 and out.tolist() == [[2.0, 97.0], [1.0, 99.0]]
+
+
+def test_group_by_label_pads_and_keeps_order() -> None:
+    z = torch.arange(10, dtype=torch.float32).reshape(5, 2)
+    table = group_by_label(z, ["b", "a", "b", "b", "a"])
+    assert table.names == ("a", "b") and table.counts.tolist() == [2, 3]
+    assert table.images.shape == (2, 3, 2) and table.example_shape == (2,)
+    assert table.images[0, :2].tolist() == [[2.0, 3.0], [8.0, 9.0]]
+    assert table.images[0, 2].tolist() == [0.0, 0.0]  # padding
+    with pytest.raises(DataError, match="class 'c' has no examples"):
+        group_by_label(z, ["b", "a", "b", "b", "a"], names=["a", "c"])
+
+
+def test_episodes_over_embeddings_are_the_embeddings_themselves(tmp_path: Path) -> None:
+    texts = LabelledTexts(
+        tuple(f"{c}{'x' * i}" for c in "abcd" for i in range(4)),
+        tuple(c for c in "abcd" for _ in range(4)),
+    )
+    splits = text_classes(
+        texts,
+        CountingEncoder(),
+        {"all": ["a", "b", "c", "d"]},  # type: ignore[arg-type]
+        cache_dir=tmp_path,
+    )
+    batch = EpisodeSampler(splits["all"], ways=3, shots=2, queries=2, seed=0).sample(5)
+    assert batch.support_x.dtype == torch.float32 and batch.support_x.shape == (5, 6, 2)
+    # Not rescaled like pixels: the first letter's code point survives, and each label's rows
+    # share it (one class, one letter).
+    letters = batch.support_x[..., 1]
+    for t in range(5):
+        for label in range(3):
+            assert letters[t][batch.support_y[t] == label].unique().numel() == 1
+    assert letters.min() >= ord("a")
+    with pytest.raises(DataError, match="class '.' of split 'all' has only 4 examples"):
+        EpisodeSampler(splits["all"], ways=3, shots=3, queries=2, split="all")
