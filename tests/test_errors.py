@@ -135,8 +135,8 @@ DATA_CASES: dict[str, Case] = {
     "EpisodeBatch shapes disagree": lambda _: EpisodeBatch(
         torch.zeros(2, 5, 4), torch.zeros(2, 5), torch.zeros(3, 5, 4), torch.zeros(3, 5), n_way=5
     ),
-    "ClassImages not uint8": lambda _: ClassImages(
-        torch.zeros(2, 3, 1, 4, 4), torch.full((2,), 3), ("a", "b")
+    "ClassImages neither uint8 images nor float32 features": lambda _: ClassImages(
+        torch.zeros(2, 3, 1, 4, 4, dtype=torch.int16), torch.full((2,), 3), ("a", "b")
     ),
     "prototypes of another shape": lambda _: match_classes(torch.ones(5, 4), torch.ones(3, 4)),
     "no Omniglot folder": lambda tmp: load_omniglot(tmp / "nowhere"),

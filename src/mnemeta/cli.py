@@ -336,7 +336,7 @@ def _list(args: argparse.Namespace) -> int:
         print(f"  {'':12s} keys: {', '.join(k for k in spec.key_names() if k != 'algorithm')}")
     print("\nbackbones (model.backbone; its keys go in [backbone]):")
     for b in BACKBONES:
-        print(f"  {b.name:12s} {b.summary}; keys: {', '.join(b.key_names())}")
+        print(f"  {b.name:12s} {b.summary}; keys: {', '.join(b.key_names()) or 'none'}")
     print("\ndatasets (data.dataset):")
     for d in DATASETS:
         print(f"  {d.name:12s} {d.summary}")

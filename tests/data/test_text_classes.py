@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mnemeta.data.classes import ClassImages
 from mnemeta.data.sampler import EpisodeSampler
 from mnemeta.data.text import LabelledTexts
 from mnemeta.data.text_classes import embed_texts, group_by_label, text_classes
@@ -85,3 +86,14 @@ def test_episodes_over_embeddings_are_the_embeddings_themselves(tmp_path: Path) 
     assert letters.min() >= ord("a")
     with pytest.raises(DataError, match="class '.' of split 'all' has only 4 examples"):
         EpisodeSampler(splits["all"], ways=3, shots=3, queries=2, split="all")
+
+
+def test_one_shot_sequences_over_embeddings_keep_their_values() -> None:
+    from mnemeta.data.sequences import OneShotSequenceSampler
+
+    z = torch.arange(4 * 3 * 2, dtype=torch.float32).reshape(4, 3, 2) / 7.0
+    table = ClassImages.from_equal_classes(z, ["a", "b", "c", "d"])
+    batch = OneShotSequenceSampler(table, classes=2, instances=3, seed=0).sample(2)
+    assert batch.images.shape == (2, 6, 2)
+    # Not divided by 255 like pixels: every value is one of the table's.
+    assert set(batch.images.reshape(-1).tolist()) <= set(z.reshape(-1).tolist())

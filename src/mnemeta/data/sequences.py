@@ -149,8 +149,10 @@ class OneShotSequenceSampler:
         images = flat.index_select(0, rows.reshape(-1)).reshape(batch, n * k, -1)
         onehot = torch.nn.functional.one_hot(labels, n)
         instance = (onehot.cumsum(dim=1) * onehot).sum(dim=-1)
+        # Pixels to [0, 1]; feature vectors (sentence embeddings) as they are.
+        scale = 1.0 / 255.0 if self.data.images.dtype == torch.uint8 else 1.0
         return OneShotBatch(
-            images=images.to(self.device, torch.float32).mul_(1.0 / 255.0),
+            images=images.to(self.device, torch.float32).mul_(scale),
             labels=labels.to(self.device),
             instance=instance.to(self.device),
         )

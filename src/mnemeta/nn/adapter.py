@@ -127,8 +127,8 @@ BACKBONES.register(
     BackboneSpec(
         "adapter",
         AdapterConfig,
-        "a residual projection x + W2 relu(W1 norm(x)) over precomputed features, starting "
-        "as the identity",
+        "over precomputed features: s*x + b + W2 relu(W1 norm(x)) (hidden=0: s*x + b), "
+        "starting as the identity",
         build=_build_adapter,
         takes="features",
     )

@@ -162,6 +162,10 @@ def _sequence_train(
                 "count": count,
                 "carry": keep,
                 "train_seconds": clock.seconds(),
+                # What mnemeta.load needs to rebuild the network without the data (an
+                # utterance embedding is not an image of data.image_size pixels squared).
+                "input_shape": [task.inputs],
+                "outputs": task.outputs,
             },
         )
 
