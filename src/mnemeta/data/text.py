@@ -268,12 +268,7 @@ def split_domains(
             f"{len(names)} domains cannot be split into {test} test, {val} val and at least one "
             "train domain; lower data.test_domains or data.val_domains"
         )
-    order = random.Random(seed).sample(names, len(names))
-    return {
-        "test": sorted(order[:test]),
-        "val": sorted(order[test : test + val]),
-        "train": sorted(order[test + val :]),
-    }
+    return _seeded_split(names, test, val, seed)
 
 
 def split_labels(
@@ -287,11 +282,17 @@ def split_labels(
             f"{len(names)} labels cannot be split into {n_test} test, {n_val} val and at least "
             "one train label; change data.test_fraction / data.val_fraction or add labels"
         )
+    return _seeded_split(names, n_test, n_val, seed)
+
+
+def _seeded_split(names: list[str], test: int, val: int, seed: int) -> dict[str, list[str]]:
+    """``names`` shuffled by ``seed``: the first ``test`` are test, the next ``val`` val, the
+    rest train; each part sorted."""
     order = random.Random(seed).sample(names, len(names))
     return {
-        "test": sorted(order[:n_test]),
-        "val": sorted(order[n_test : n_test + n_val]),
-        "train": sorted(order[n_test + n_val :]),
+        "test": sorted(order[:test]),
+        "val": sorted(order[test : test + val]),
+        "train": sorted(order[test + val :]),
     }
 
 
