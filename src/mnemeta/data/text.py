@@ -201,7 +201,7 @@ class Clinc150:
 
 
 def find_clinc150(root: str | Path | None = None) -> Path:
-    """The CLINC150 folder: ``root``, else ``$MNEMETA_DATA/clinc150``, else ``../shared/data``."""
+    """The CLINC150 folder: ``root``, else ``$MNEMETA_DATA/clinc150``, else ``./data/clinc150``."""
     import os
 
     candidates = [Path(root)] if root else []
