@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import os
 import sys
 import tempfile
@@ -61,21 +60,20 @@ from mnemeta.nn.sentence_encoder import SentenceEncoder
 from mnemeta.recipes.build import build_splits
 from mnemeta.recipes.evaluate import episode_accuracies
 from mnemeta.recipes.meta_train import meta_train
+from mnemeta.stats import mean_ci95
 
 EVAL_SEED = 2024
 QUERIES = 15
 
 
-def ci95(values: Tensor) -> float:
-    n = values.numel()
-    return 1.96 * float(values.std(unbiased=True)) / math.sqrt(n) if n > 1 else 0.0
-
-
 def summary(accs: Tensor, baseline: Tensor | None = None) -> dict[str, float]:
-    out = {"mean": 100 * float(accs.mean()), "ci95": 100 * ci95(accs)}
+    """Mean ± 95% CI in percent (mnemeta's own normal interval), and the paired difference to
+    ``baseline`` over the same episodes."""
+    mean, ci = mean_ci95(100 * accs)
+    out = {"mean": mean, "ci95": ci}
     if baseline is not None:
-        diff = accs - baseline
-        out |= {"paired_diff": 100 * float(diff.mean()), "paired_ci95": 100 * ci95(diff)}
+        diff, diff_ci = mean_ci95(100 * (accs - baseline))
+        out |= {"paired_diff": diff, "paired_ci95": diff_ci}
     return out
 
 

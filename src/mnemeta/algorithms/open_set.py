@@ -22,15 +22,12 @@ def auroc(known: Tensor, unknown: Tensor) -> float:
     computed from ranks (Mann-Whitney U)."""
     scores = torch.cat([known, unknown]).double()
     order = scores.argsort()
-    ranks = torch.empty_like(scores)
-    ranks[order] = torch.arange(1, scores.numel() + 1, dtype=torch.float64)
-    # Average ranks over ties.
-    sorted_scores = scores[order]
+    # 1-based ranks in sorted order, tied scores sharing the mean of their ranks.
     _, inverse, counts = torch.unique_consecutive(
-        sorted_scores, return_inverse=True, return_counts=True
+        scores[order], return_inverse=True, return_counts=True
     )
-    ends = counts.cumsum(0).double()
-    mean_rank = ends - (counts.double() - 1) / 2
+    mean_rank = counts.cumsum(0).double() - (counts.double() - 1) / 2
+    ranks = torch.empty_like(scores)
     ranks[order] = mean_rank[inverse]
     n_known, n_unknown = known.numel(), unknown.numel()
     u = ranks[:n_known].sum() - n_known * (n_known + 1) / 2

@@ -16,8 +16,8 @@ Every pair of the support is used, in matrix form (SetFit samples pairs; with �
 the full similarity matrix is cheap), with the positive and negative pairs weighted equally as
 SetFit's balanced sampling does. Fine-tuning runs for all tasks of a batch at once:
 ``torch.func.vmap`` of ``torch.func.grad`` over per-task copies of the adapter's weights, and
-Adam's element-wise update on the stacked copies — no per-task loop, and the meta-parameters are
-never touched.
+the inner optimiser's Adam (:mod:`mnemeta.algorithms.inner_optim`) on the stacked copies — no
+per-task loop, and the meta-parameters are never touched.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from mnemeta.algorithms.inner_optim import adam, apply_updates
 from mnemeta.algorithms.protocol import Predictor
 from mnemeta.algorithms.protonet import ProtoNet, cosine_similarity, prototypes
 from mnemeta.checks import checked
@@ -81,18 +82,15 @@ class SupportFinetune(ProtoNet):
             return pair_loss(embed(weights, x), y)
 
         task_grads = vmap(grad(loss))
-        moments = {n: torch.zeros_like(p) for n, p in stacked.items()}
-        squares = {n: torch.zeros_like(p) for n, p in stacked.items()}
-        beta1, beta2, eps = 0.9, 0.999, 1e-8
+        # The one inner optimiser's Adam: its update is element-wise, so the stacked copies
+        # (a leading task dimension) step as the tasks would one by one.
+        optimizer = adam(self.lr)
+        state = optimizer.init(stacked)
         with torch.enable_grad():  # evaluation runs under no_grad; torch.func.grad needs none
-            for step in range(1, self.steps + 1):
+            for _ in range(self.steps):
                 grads = task_grads(stacked, support.x, support.y)
-                for n, g in grads.items():  # Adam (Kingma & Ba 2015), element-wise per task
-                    moments[n].mul_(beta1).add_(g, alpha=1 - beta1)
-                    squares[n].mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                    m_hat = moments[n] / (1 - beta1**step)
-                    v_hat = squares[n] / (1 - beta2**step)
-                    stacked[n] = stacked[n] - self.lr * m_hat / (v_hat.sqrt() + eps)
+                updates, state = optimizer.update(grads, state, stacked)
+                stacked = apply_updates(stacked, updates)
         stacked = {n: w.detach() for n, w in stacked.items()}
         z_support = vmap(embed)(stacked, support.x)
         protos = prototypes(z_support, support.y, support.n_way)

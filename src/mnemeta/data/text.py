@@ -18,13 +18,17 @@ a byte-order mark is accepted.
 from __future__ import annotations
 
 import csv
+import io
 import json
+import os
 import random
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mnemeta.errors import DataError
+from mnemeta.io import atomic_write_text
 
 FORMATS = {".csv": ",", ".tsv": "\t", ".jsonl": None}
 
@@ -105,16 +109,16 @@ def read_labelled_file(
     except OSError as e:
         raise DataError(f"{path}: cannot be read ({e.strerror})") from None
     delimiter = FORMATS[suffix]
-    rows = _jsonl_rows(content, path) if delimiter is None else _csv_rows(content, delimiter, path)
+    # A CSV's columns are known from its header, a JSONL's from its first object.
+    columns, rows = (
+        _jsonl_rows(content, path) if delimiter is None else _csv_rows(content, delimiter, path)
+    )
     texts: list[str] = []
     labels: list[str] = []
-    # A CSV's columns are known from its header, a JSONL's from its first object.
-    header = _csv_header(content, delimiter) if delimiter is not None else None
-    first = header if header is not None else (list(rows[0][1]) if rows else None)
-    if first is not None:
-        missing = [c for c in (text_column, label_column) if c not in first]
+    if columns is not None:
+        missing = [c for c in (text_column, label_column) if c not in columns]
         if missing:
-            found = ", ".join(map(repr, first)) or "none"
+            found = ", ".join(map(repr, columns)) or "none"
             raise DataError(
                 f"{path}: no column {missing[0]!r} (it has {found}); name the columns with "
                 "--set data.text_column=NAME and data.label_column=NAME"
@@ -134,11 +138,11 @@ def read_labelled_file(
     return LabelledTexts(tuple(texts), tuple(labels), str(path))
 
 
-def _csv_header(content: str, delimiter: str) -> list[str]:
-    return next(csv.reader(content.splitlines(keepends=True)[:1], delimiter=delimiter), [])
+Rows = list[tuple[int, dict[str, str]]]  # (line number, the row's fields)
 
 
-def _csv_rows(content: str, delimiter: str, path: Path) -> list[tuple[int, dict[str, str]]]:
+def _csv_rows(content: str, delimiter: str, path: Path) -> tuple[list[str], Rows]:
+    """The header's columns and the rows."""
     reader = csv.DictReader(content.splitlines(keepends=True), delimiter=delimiter)
     try:
         rows = [(reader.line_num, dict(row)) for row in reader]
@@ -146,10 +150,11 @@ def _csv_rows(content: str, delimiter: str, path: Path) -> list[tuple[int, dict[
         raise DataError(f"{path}, line {reader.line_num}: {e}; check the quoting") from None
     if reader.fieldnames is None:
         raise DataError(f"{path}: empty file; it needs a header row and labelled texts")
-    return rows
+    return list(reader.fieldnames), rows
 
 
-def _jsonl_rows(content: str, path: Path) -> list[tuple[int, dict[str, str]]]:
+def _jsonl_rows(content: str, path: Path) -> tuple[list[str] | None, Rows]:
+    """The first object's keys (None without any object) and the rows."""
     rows = []
     for number, line in enumerate(content.splitlines(), start=1):
         if not line.strip():
@@ -161,15 +166,11 @@ def _jsonl_rows(content: str, path: Path) -> list[tuple[int, dict[str, str]]]:
         if not isinstance(row, dict):
             raise DataError(f"{path}, line {number}: expected a JSON object, got {row!r:.40}")
         rows.append((number, row))
-    return rows
+    return (list(rows[0][1]) if rows else None), rows
 
 
 def write_labelled_csv(path: str | Path, texts: LabelledTexts) -> None:
     """Write ``texts`` as a ``text,label`` CSV that :func:`read_labelled_file` reads back."""
-    import io
-
-    from mnemeta.io import atomic_write_text
-
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["text", "label"])
@@ -202,8 +203,6 @@ class Clinc150:
 
 def find_clinc150(root: str | Path | None = None) -> Path:
     """The CLINC150 folder: ``root``, else ``$MNEMETA_DATA/clinc150``, else ``./data/clinc150``."""
-    import os
-
     candidates = [Path(root)] if root else []
     if not root:
         if os.environ.get("MNEMETA_DATA"):
@@ -323,7 +322,6 @@ def k_shot(texts: LabelledTexts, k: int, *, seed: int) -> LabelledTexts:
 def intent_description(label: str) -> str:
     """A label as words, for zero-shot prototypes: ``"credit_limit_change"`` -> ``"credit limit
     change"``. Dashes, underscores and dots become spaces; camelCase is split."""
-    import re
 
     words = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", label)
     return re.sub(r"[_\-./]+", " ", words).strip().lower()
