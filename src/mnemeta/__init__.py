@@ -3,8 +3,11 @@
 The flat names are the everyday ones: the learners, the backbones, the episode types, the
 sampler and data loaders, and :func:`load`, which rebuilds a trained learner from its checkpoint
 alone. The persistent task memory stays in :mod:`mnemeta.store` (``from mnemeta.store import
-TaskMemory``) so that ``import mnemeta`` does not load FAISS.
+TaskMemory``) so that ``import mnemeta`` does not load FAISS; ``mnemeta.FewShotClassifier``
+(:mod:`mnemeta.classifier`, built on it) is imported on first use for the same reason.
 """
+
+from typing import Any
 
 from mnemeta.algorithms import (
     MAML,
@@ -39,6 +42,7 @@ __all__ = [
     "DataError",
     "EpisodeBatch",
     "EpisodeSampler",
+    "FewShotClassifier",
     "MatchingNet",
     "MemoryAugmentedAdaptation",
     "MemoryAugmentedNetwork",
@@ -57,3 +61,12 @@ __all__ = [
     "load_omniglot",
     "make_glyphs",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazily: the classifier needs the task memory, hence FAISS.
+    if name == "FewShotClassifier":
+        from mnemeta.classifier import FewShotClassifier
+
+        return FewShotClassifier
+    raise AttributeError(f"module 'mnemeta' has no attribute {name!r}")

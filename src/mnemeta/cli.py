@@ -212,6 +212,9 @@ def _parser() -> argparse.ArgumentParser:
     from mnemeta.cli_memory import add_memory_parser
 
     add_memory_parser(sub)
+    from mnemeta.cli_classes import add_classes_parser
+
+    add_classes_parser(sub)
     return parser
 
 

@@ -78,15 +78,45 @@ class LabelledTexts:
         )
 
 
+_COLUMN_FLAGS = "--set data.text_column=NAME and data.label_column=NAME"
+
+
 def read_labelled_file(
-    path: str | Path, *, text_column: str = "text", label_column: str = "label"
+    path: str | Path,
+    *,
+    text_column: str = "text",
+    label_column: str = "label",
+    column_flags: str = _COLUMN_FLAGS,
 ) -> LabelledTexts:
     """Read a ``.csv``, ``.tsv`` or ``.jsonl`` file of labelled texts.
+
+    ``column_flags``: how the caller's user names the columns, for the error message.
 
     Raises:
         DataError: the file is missing, not UTF-8, of an unknown extension, lacks a named column,
             or has a row with an empty text or label. The message names the file, the row and
             the fix.
+    """
+    texts, labels = read_text_file(
+        path, text_column=text_column, label_column=label_column, column_flags=column_flags
+    )
+    assert labels is not None
+    return LabelledTexts(tuple(texts), tuple(labels), str(path))
+
+
+def read_text_file(
+    path: str | Path,
+    *,
+    text_column: str = "text",
+    label_column: str = "label",
+    labels: str = "required",
+    column_flags: str = _COLUMN_FLAGS,
+) -> tuple[list[str], list[str] | None]:
+    """The texts of a ``.csv``, ``.tsv`` or ``.jsonl`` file and their labels.
+
+    ``labels``: ``"required"`` (a missing label column is an error) or ``"optional"`` (then the
+    labels are None when the file has no such column: texts to classify). Errors as
+    :func:`read_labelled_file`'s.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -114,28 +144,32 @@ def read_labelled_file(
         _jsonl_rows(content, path) if delimiter is None else _csv_rows(content, delimiter, path)
     )
     texts: list[str] = []
-    labels: list[str] = []
+    found_labels: list[str] = []
+    wanted = [text_column, label_column]
     if columns is not None:
-        missing = [c for c in (text_column, label_column) if c not in columns]
+        if labels == "optional" and label_column not in columns:
+            wanted = [text_column]
+        missing = [c for c in wanted if c not in columns]
         if missing:
             found = ", ".join(map(repr, columns)) or "none"
             raise DataError(
                 f"{path}: no column {missing[0]!r} (it has {found}); name the columns with "
-                "--set data.text_column=NAME and data.label_column=NAME"
+                f"{column_flags}"
             )
+    need = " and ".join(map(repr, wanted))
     for line, row in rows:
-        text, label = row.get(text_column), row.get(label_column)
-        for what, value in (("text", text), ("label", label)):
+        for what, column in zip(("text", "label"), wanted, strict=False):
+            value = row.get(column)
             if value is None or not str(value).strip():
                 raise DataError(
-                    f"{path}, line {line}: empty {what}; every row needs a non-empty "
-                    f"{text_column!r} and {label_column!r}"
+                    f"{path}, line {line}: empty {what}; every row needs a non-empty {need}"
                 )
-        texts.append(str(text).strip())
-        labels.append(str(label).strip())
+        texts.append(str(row[text_column]).strip())
+        if len(wanted) == 2:
+            found_labels.append(str(row[label_column]).strip())
     if not texts:
         raise DataError(f"{path}: no rows; the file needs a header row and labelled texts")
-    return LabelledTexts(tuple(texts), tuple(labels), str(path))
+    return texts, (found_labels if len(wanted) == 2 else None)
 
 
 Rows = list[tuple[int, dict[str, str]]]  # (line number, the row's fields)

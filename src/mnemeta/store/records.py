@@ -38,6 +38,13 @@ TENSORS_PER_FOLDER = 10_000  # tensors/00012/ holds records 120000..129999
 PARAMS_NAME = re.compile(r"^\d{5,}/\d+-[0-9a-f]{8}\.safetensors$")
 _FETCH = 65_536  # rows per fetchmany when reading embeddings back
 _IN_LIMIT = 900  # ids per "WHERE id IN (...)" (SQLite's default limit is 999 parameters)
+# Keys of the meta table that belong to an application built on the store (the few-shot
+# classifier's class table), not to the store's identity: "app:NAME", the value JSON.
+APP_PREFIX = "app:"
+
+#: An application state update: its key and a function from the current value (None when
+#: absent) to the new one, run inside the write transaction so that it reads what it replaces.
+StateUpdate = tuple[str, Callable[[Any], Any]]
 
 R = TypeVar("R")
 
@@ -134,6 +141,74 @@ class Records:
         vecs = vecs.astype(np.float32, copy=False)  # a no-op on little-endian machines
         return np.asarray(ids, dtype=np.int64), vecs
 
+    def records_after(self, after: int) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+        """Ids ``(N,)``, raw embeddings ``(N, D)`` and infos of the rows with id > ``after``."""
+
+        def read() -> tuple[list[int], list[bytes], list[str]]:
+            ids: list[int] = []
+            blobs: list[bytes] = []
+            infos: list[str] = []
+            cur = self.conn.execute(
+                "SELECT id, embedding, info FROM tasks WHERE id > ? ORDER BY id", (after,)
+            )
+            while rows := cur.fetchmany(_FETCH):
+                for rid, blob, info in rows:
+                    ids.append(rid)
+                    blobs.append(blob)
+                    infos.append(info)
+            return ids, blobs, infos
+
+        ids, blobs, infos = self.retry(read, "reading records")
+        data = b"".join(blobs)
+        if len(data) != 4 * self.dim * len(ids):
+            raise StoreError(
+                f"{self.db} holds embeddings whose size is not dim {self.dim}: the store is "
+                "damaged; restore it from a copy made by `mnemeta memory export`"
+            )
+        vecs = np.frombuffer(data, dtype="<f4").reshape(len(ids), self.dim).astype(np.float32)
+        return np.asarray(ids, dtype=np.int64), vecs, [json.loads(i) for i in infos]
+
+    # ------------------------------------------------------------------ application state
+    def app_state(self, key: str) -> Any:
+        """The JSON value an application keeps under ``key`` (None if it has none)."""
+        row = self.retry(
+            lambda: self.conn.execute(
+                "SELECT value FROM meta WHERE key = ?", (APP_PREFIX + key,)
+            ).fetchone(),
+            "reading its application state",
+        )
+        return None if row is None else json.loads(row[0])
+
+    def update_app_state(self, update: StateUpdate) -> Any:
+        """Apply ``update`` in one write transaction; returns the new value."""
+
+        def transaction() -> Any:
+            conn = self.conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                value = self._apply_state(update)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return value
+
+        return self.retry(transaction, "writing its application state")
+
+    def _apply_state(self, update: StateUpdate) -> Any:
+        """Inside a write transaction: read the value, compute the new one, write it."""
+        key, fn = update
+        row = self.conn.execute(
+            "SELECT value FROM meta WHERE key = ?", (APP_PREFIX + key,)
+        ).fetchone()
+        value = fn(None if row is None else json.loads(row[0]))
+        self.conn.execute(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+            (APP_PREFIX + key, json.dumps(value, sort_keys=True)),
+        )
+        return value
+
     def embedding_blob(self, rid: int, what: str) -> bytes | None:
         """The raw embedding bytes of record ``rid``, or None if there is no such row."""
         row = self.retry(
@@ -170,11 +245,14 @@ class Records:
         params: Sequence[dict[str, Tensor] | None] | None,
         infos: Sequence[dict[str, Any] | None] | None,
         metrics: Sequence[dict[str, float] | None] | None,
+        state: tuple[str, Callable[[Any, list[int]], Any]] | None = None,
     ) -> tuple[int, list[int]]:
         """Commit ``N`` rows in one transaction; returns the largest id before it and the new ids.
 
         ``vecs``: checked float32 ``(N, D)`` (from :meth:`matrix`); ``params``, ``infos``,
-        ``metrics``: ``None`` or one entry per row (each entry may be ``None``).
+        ``metrics``: ``None`` or one entry per row (each entry may be ``None``). ``state``: an
+        application state update committed in the same transaction (rows and state together
+        or neither). Its function is given the new ids as ``fn(value, ids)``.
         """
         n = len(vecs)
         params_l = _per_row(params, n, "params")
@@ -201,6 +279,9 @@ class Records:
                     "VALUES (?, ?, ?, ?, ?, ?)",
                     zip(ids, [now] * n, blobs, info_json, metric_json, rels, strict=True),
                 )
+                if state is not None:
+                    key, fn = state
+                    self._apply_state((key, lambda value: fn(value, ids)))
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:

@@ -41,7 +41,7 @@ from mnemeta.errors import StoreError
 from mnemeta.io import fsync_dir, fsync_file
 from mnemeta.store import index as index_mod
 from mnemeta.store.maintenance import building_copy, disk_bytes, export_folder
-from mnemeta.store.records import PARAMS_NAME
+from mnemeta.store.records import APP_PREFIX, PARAMS_NAME
 from mnemeta.store.schema import (
     DB,
     FORMAT,
@@ -234,6 +234,11 @@ def _copy(
         for statement in SCHEMA:
             copy.execute(statement)
         copy.executemany("INSERT INTO meta(key, value) VALUES (?, ?)", meta.items())
+        # Applications' state (the classifier's class table) when it can still be read.
+        copy.executemany(
+            "INSERT INTO meta(key, value) VALUES (?, ?)",
+            _try(conn, "SELECT key, value FROM meta WHERE key LIKE ?", (APP_PREFIX + "%",)),
+        )
         one = f"SELECT {_COLUMNS} FROM tasks WHERE id = ?"
         for start in range(1, top + 1, _RANGE):
             end = min(top, start + _RANGE - 1)

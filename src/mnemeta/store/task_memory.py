@@ -63,6 +63,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
+import torch
 from torch import Tensor
 
 from mnemeta.errors import ConfigError, StoreError
@@ -295,11 +296,15 @@ class TaskMemory:
         params: Sequence[dict[str, Tensor] | None] | None = None,
         infos: Sequence[dict[str, Any] | None] | None = None,
         metrics: Sequence[dict[str, float] | None] | None = None,
+        *,
+        state: tuple[str, Callable[[Any, list[int]], Any]] | None = None,
     ) -> list[int]:
         """Store ``N`` tasks in one transaction (the fast path); returns their ids, ascending.
 
         ``embeddings``: ``(N, D)``; ``params``, ``infos``, ``metrics``: ``None`` or one entry per
-        row (each entry may be ``None``).
+        row (each entry may be ``None``). ``state``: ``(key, fn)`` to update the application
+        state ``key`` in the same transaction, ``fn(current value or None, new ids) -> new
+        value`` (JSON): the rows and the state commit together or not at all.
         """
         if self.read_only:
             raise StoreError(
@@ -307,7 +312,7 @@ class TaskMemory:
                 "read_only=False to add"
             )
         vecs = self._records.matrix(embeddings, "embeddings")
-        prev_max, ids = self._records.insert(vecs, params, infos, metrics)
+        prev_max, ids = self._records.insert(vecs, params, infos, metrics, state)
         self._cache.added(prev_max, ids, vecs)
         return ids
 
@@ -373,6 +378,35 @@ class TaskMemory:
     def ids(self) -> list[int]:
         """All record ids, ascending."""
         return self._records.ids()
+
+    @_locked("reading records")
+    def records_after(self, after: int = 0) -> tuple[Tensor, Tensor, list[dict[str, Any]]]:
+        """The records with id > ``after``, ascending: ids ``(N,)`` int64, embeddings ``(N, D)``
+        float32 as added, and their infos. One read snapshot; for a reader that follows the
+        store incrementally (pass the largest id it has seen)."""
+        ids, vecs, infos = self._records.records_after(int(after))
+        return torch.from_numpy(ids), torch.from_numpy(vecs), infos
+
+    # ------------------------------------------------------------------ application state
+    @_locked("reading its application state")
+    def app_state(self, key: str) -> Any:
+        """The JSON value an application built on the store keeps under ``key`` (None if none).
+
+        Kept in tasks.sqlite's meta table beside the store's own facts, so that it is exported,
+        salvaged and made durable with the records it describes.
+        """
+        return self._records.app_state(key)
+
+    @_locked("writing its application state")
+    def update_app_state(self, key: str, fn: Callable[[Any], Any]) -> Any:
+        """Replace the value under ``key`` by ``fn(current value or None)`` in one write
+        transaction (read-modify-write, safe against other processes); returns the new value."""
+        if self.read_only:
+            raise StoreError(
+                f"the task memory at {self.path} was opened read_only; open it with "
+                "read_only=False to change it"
+            )
+        return self._records.update_app_state((key, fn))
 
     # ------------------------------------------------------------------ housekeeping
     @_locked("reading its state")

