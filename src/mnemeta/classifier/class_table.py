@@ -51,11 +51,13 @@ def live(state: dict[str, Any]) -> dict[str, str]:
     return {uid: c["name"] for uid, c in made if not c["removed"]}
 
 
+def by_name(state: dict[str, Any]) -> dict[str, str]:
+    """``{name: uid}`` of the classes not removed."""
+    return {c["name"]: uid for uid, c in state["classes"].items() if not c["removed"]}
+
+
 def uid_of(state: dict[str, Any], name: str) -> str | None:
-    for uid, n in live(state).items():
-        if n == name:
-            return uid
-    return None
+    return by_name(state).get(name)
 
 
 def require(state: dict[str, Any], name: str) -> str:
@@ -73,9 +75,10 @@ def require(state: dict[str, Any], name: str) -> str:
 def with_classes(state: dict[str, Any], names: list[str]) -> tuple[dict[str, Any], dict[str, str]]:
     """The state with a class for every name it lacks; and ``{name: uid}`` for all ``names``."""
     state = {**state, "classes": dict(state["classes"])}
+    known = by_name(state)
     uids: dict[str, str] = {}
     for name in names:
-        uid = uid_of(state, name)
+        uid = known.get(name)
         if uid is None:
             uid = uuid.uuid4().hex[:12]
             state["classes"][uid] = {"name": name, "removed": False, "created": time.time()}

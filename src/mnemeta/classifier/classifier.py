@@ -92,6 +92,10 @@ class FewShotClassifier:
         self._encoder = encoder
         self.modality = "text" if state["encoder"]["kind"] == "text" else "images"
         self._seen = 0  # the largest record id folded into the view
+        # The store's data_version when last read, and whether this handle wrote since (its
+        # own commits do not change data_version).
+        self._version: int | None = None
+        self._dirty = True
         self._uids: list[str] = []  # row order of the per-class tensors
         self._row: dict[str, int] = {}
         self._sums = torch.zeros(0, memory.dim)
@@ -101,7 +105,7 @@ class FewShotClassifier:
         self._items: set[tuple[str, str]] = set()  # (uid, item): to skip duplicate examples
         self._z: list[Tensor] = []  # unit example embeddings, in id order (for calibration)
         self._y: list[str] = []
-        self._protos: tuple[tuple[int, int], list[str], Tensor] | None = None
+        self._protos: tuple[tuple[int, int], Any] | None = None
 
     # ------------------------------------------------------------------ making and opening
     @classmethod
@@ -206,7 +210,11 @@ class FewShotClassifier:
     # ------------------------------------------------------------------ reading the store
     def refresh(self) -> None:
         """Fold in what other processes committed since this handle last looked (done before
-        every prediction; cheap when nothing changed: one read of the class table)."""
+        every prediction; when nothing changed, one ``PRAGMA data_version``)."""
+        version = self.memory.data_version()
+        if version == self._version and not self._dirty:
+            return
+        self._version, self._dirty = version, False
         state = self.memory.app_state(table.KEY)
         if state is None:
             raise StoreError(f"the class table of {self.path} is gone: the store is damaged")
@@ -249,7 +257,14 @@ class FewShotClassifier:
 
     def _prototypes(self) -> tuple[list[str], Tensor, Tensor, Tensor, list[str]]:
         """Live class names, unit prototypes ``(C, D)``, the sums and counts behind them, and
-        the classes' uids (classes with no example yet are left out)."""
+        the classes' uids (classes with no example yet are left out). Cached until the class
+        table or the records change, so that a query costs one matrix product."""
+        key = (int(self._state["revision"]), self._seen)
+        if self._protos is None or self._protos[0] != key:
+            self._protos = (key, self._build_prototypes())
+        return self._protos[1]
+
+    def _build_prototypes(self) -> tuple[list[str], Tensor, Tensor, Tensor, list[str]]:
         live = table.live(self._state)
         uids = [u for u in live if u in self._row and self._counts[self._row[u]] > 0]
         idx = torch.tensor([self._row[u] for u in uids], dtype=torch.long)
@@ -310,11 +325,14 @@ class FewShotClassifier:
         *,
         confirmed: bool = False,
         progress: bool = False,
+        recalibrate: bool = True,
     ) -> dict[str, int]:
         """Add labelled examples (texts or image files); a new label makes a new class.
 
         Encodes the items, then commits the examples and any new classes in one transaction,
-        then re-calibrates the threshold. An example already stored for its class is skipped.
+        then re-calibrates the threshold (``recalibrate=False`` leaves that to a later
+        :meth:`calibrate`, for bulk loading). An example already stored for its class is
+        skipped.
 
         Returns:
             ``{"added": n, "skipped": duplicates, "new_classes": m}``.
@@ -327,11 +345,37 @@ class FewShotClassifier:
             )
         names = [table.check_label(label, f"example {i + 1}") for i, label in enumerate(labels)]
         z = self.encoder.encode(items, progress=progress)
+        return self.add_embeddings(z, items, names, confirmed=confirmed, recalibrate=recalibrate)
+
+    def add_embeddings(
+        self,
+        embeddings: Tensor,
+        items: Sequence[Any],
+        labels: Sequence[str],
+        *,
+        confirmed: bool = False,
+        recalibrate: bool = True,
+    ) -> dict[str, int]:
+        """:meth:`add` with the items' embeddings ``(N, dim)`` computed already (by this
+        classifier's encoder, or vectors of the same space); ``items`` are what is kept to name
+        each example (its text or file)."""
+        items = [str(i) for i in items]
+        names = [table.check_label(label, f"example {i + 1}") for i, label in enumerate(labels)]
+        z = embeddings
+        if not isinstance(z, Tensor) or z.shape != (len(items), self.memory.dim):
+            got = tuple(z.shape) if isinstance(z, Tensor) else type(z).__name__
+            raise DataError(
+                f"embeddings must be a tensor of shape ({len(items)}, {self.memory.dim}), got "
+                f"{got}; one row per item, of this classifier's embedding size"
+            )
+        if len(names) != len(items):
+            raise DataError(f"{len(items)} items but {len(names)} labels; one label per item")
         self.refresh()
         for _ in range(5):
             state = self._state
+            known = table.by_name(state)
             state2, uids = table.with_classes(state, sorted(set(names)))
-            new = {n: u for n, u in uids.items() if table.uid_of(state, n) is None}
+            new = {n: u for n, u in uids.items() if n not in known}
             keep = [
                 i
                 for i, (item, n) in enumerate(zip(items, names, strict=True))
@@ -354,13 +398,17 @@ class FewShotClassifier:
                     torch.cat(vecs), infos=infos, state=(table.KEY, _expect(state, state2))
                 )
             except _Conflict:
+                self._dirty = True
                 self.refresh()
                 continue
+            finally:
+                self._dirty = True
             break
         else:  # pragma: no cover - five concurrent class-table changes in a row
             raise StoreError(f"the class table of {self.path} kept changing; try again")
         self.refresh()
-        self.calibrate()
+        if recalibrate:
+            self.calibrate()
         return {"added": len(keep), "skipped": len(items) - len(keep), "new_classes": len(new)}
 
     def confirm(self, items: Sequence[Any], labels: Sequence[str]) -> dict[str, int]:
@@ -379,6 +427,7 @@ class FewShotClassifier:
         if state["use_names"]:
             vec = self.encoder.encode([_words(new)])
             info = {"classifier": NAME, "class": uid, "name": new}
+            self._dirty = True
             self.memory.add_many(
                 vec, infos=[info], state=(table.KEY, _expect(state, table.renamed(state, old, new)))
             )
@@ -414,6 +463,7 @@ class FewShotClassifier:
         return result
 
     def _update(self, fn: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        self._dirty = True
         self._state = self.memory.update_app_state(table.KEY, fn)
 
     # ------------------------------------------------------------------ listing

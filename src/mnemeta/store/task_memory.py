@@ -387,6 +387,13 @@ class TaskMemory:
         ids, vecs, infos = self._records.records_after(int(after))
         return torch.from_numpy(ids), torch.from_numpy(vecs), infos
 
+    @_locked("reading its version")
+    def data_version(self) -> int:
+        """A number that changes when another connection commits to tasks.sqlite (SQLite's
+        ``PRAGMA data_version``; this handle's own commits leave it): a reader that follows
+        the store checks it before reading anything else."""
+        return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
+
     # ------------------------------------------------------------------ application state
     @_locked("reading its application state")
     def app_state(self, key: str) -> Any:
