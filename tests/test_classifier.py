@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import sqlite3
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -306,8 +307,10 @@ class _Hashing:
     def encode(self, items: list[str], *, progress: bool = False) -> torch.Tensor:
         out = []
         for text in items:
-            g = torch.Generator().manual_seed(sum(map(ord, text.split()[0])))
-            out.append(torch.randn(16, generator=g) + 0.1 * torch.randn(16))
+            word = torch.Generator().manual_seed(zlib.crc32(text.split()[0].encode()))
+            whole = torch.Generator().manual_seed(zlib.crc32(text.encode()))
+            # A class per first word; each text a little apart from it.
+            out.append(torch.randn(16, generator=word) + 0.3 * torch.randn(16, generator=whole))
         return torch.stack(out) if out else torch.zeros(0, 16)
 
 
@@ -340,19 +343,25 @@ def test_a_reader_sees_what_a_writer_adds(tmp_path: Path) -> None:
 
 
 def test_calibration_by_hand() -> None:
-    """Two classes of two unit examples each, the threshold as the quantile of the scores of
-    each example against the other class's prototype."""
+    """Two classes of two unit examples each: each example's own prototype without it is its
+    classmate, so the known scores are the classmates' cosines; the unknown scores are each
+    example against the other class's prototype."""
     z = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-0.6, 0.8]])
     y = torch.tensor([0, 0, 1, 1])
     sums = torch.stack([z[:2].sum(0), z[2:].sum(0)])
-    result = calibrate(z, y, sums, torch.tensor([2.0, 2.0]), recall=0.5)
-    assert result is not None
+    result = calibrate(z, y, sums, torch.tensor([2.0, 2.0]), keep=0.5)
+    assert result is not None and result.rule == "known"
+    own = torch.tensor([z[0] @ z[1], z[1] @ z[0], z[2] @ z[3], z[3] @ z[2]])
+    assert result.threshold == pytest.approx(float(own.double().quantile(0.5)))
     p = torch.nn.functional.normalize(sums, dim=1)
     unknown = torch.tensor([z[0] @ p[1], z[1] @ p[1], z[2] @ p[0], z[3] @ p[0]])
-    assert result.threshold == pytest.approx(float(unknown.double().quantile(0.5)))
-    # Leave-one-out: each example's own prototype is its classmate.
-    own = torch.tensor([z[0] @ z[1], z[1] @ z[0], z[2] @ z[3], z[3] @ z[2]])
-    assert result.known_kept == pytest.approx(float((own >= result.threshold).float().mean()))
+    assert result.unknown_rejected == pytest.approx(
+        float((unknown < result.threshold).float().mean())
+    )
+    # One example per class and no names: no known query; reject `keep` of the unknowns.
+    single = calibrate(z[[0, 2]], torch.tensor([0, 1]), z[[0, 2]], torch.ones(2), keep=0.5)
+    assert single is not None and single.rule == "unknown"
+    assert single.threshold == pytest.approx(float(torch.tensor([0.0, 0.0]).quantile(0.5)))
     assert calibrate(z[:2], y[:2], sums[:1], torch.tensor([2.0])) is None  # one class
 
 
@@ -373,3 +382,34 @@ def test_rows_and_class_table_commit_together(tmp_path: Path) -> None:
     con.close()
     with pytest.raises(StoreError, match="closed"):
         clf.memory.ids()
+
+
+def test_the_head_starts_from_the_last_one_kept(tmp_path: Path) -> None:
+    """fit_head trains, is kept as a record of the task memory, and the next fit starts from it:
+    with 0 steps a warm fit reproduces the last head and a cold one the prototypes."""
+    path = tmp_path / "S"
+    with FewShotClassifier.create(path, _Hashing(), use_names=False) as clf:  # type: ignore[arg-type]
+        clf.add(
+            [f"{w} {i}" for w in ("alpha", "beta", "gamma") for i in range(4)],
+            [w[0] for w in ("alpha", "beta", "gamma") for _ in range(4)],
+        )
+        protos = clf._prototypes().vectors.clone()
+        fit = clf.fit_head(steps=30)
+        assert fit.loss_after < fit.loss_before
+        head = clf._prototypes().vectors.clone()
+        assert not torch.allclose(head, protos)
+        record = clf.memory.get(clf._state["head"]["record"])
+        assert torch.equal(record.params["weight"], head)
+        assert record.metrics["loss_after"] == pytest.approx(fit.loss_after)
+    with FewShotClassifier.open(path, encoder=_Hashing()) as clf:  # type: ignore[arg-type]
+        assert torch.allclose(clf.scores(["alpha 9"])[0], unit_scores(head, "alpha 9"))
+        clf.add(["delta 1"], ["d"])  # a new class: its prototype until the next fit
+        clf.fit_head(steps=0)
+        assert torch.allclose(clf._prototypes().vectors[:3], head, atol=1e-6)
+        clf.fit_head(steps=0, warm=False)
+        assert torch.allclose(clf._prototypes().vectors[:3], protos, atol=1e-6)
+
+
+def unit_scores(vectors: torch.Tensor, text: str) -> torch.Tensor:
+    z = torch.nn.functional.normalize(_Hashing().encode([text]), dim=1)
+    return z @ vectors.T

@@ -57,6 +57,20 @@ def add_classes_parser(sub: Any) -> None:
     _examples_arguments(p, images=False)
     p.set_defaults(func=_confirm)
 
+    p = cmds.add_parser(
+        "fit", help="train the adapted head on the stored examples (from the last one kept)"
+    )
+    p.add_argument("store", help="the classifier folder")
+    p.add_argument("--steps", type=int, default=100, help="Adam steps (default 100)")
+    p.add_argument("--lr", type=float, default=0.01, help="learning rate (default 0.01)")
+    p.add_argument(
+        "--cold",
+        action="store_true",
+        help="start every class from its prototype, not from the last head kept",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_fit)
+
     p = cmds.add_parser("list", help="the classes and how many examples each holds")
     p.add_argument("store", help="the classifier folder")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -192,6 +206,38 @@ def _labelled(
     )
     assert labels is not None
     return texts, labels
+
+
+def _fit(args: argparse.Namespace) -> int:
+    import time
+
+    from mnemeta.classifier import FewShotClassifier
+
+    if args.steps < 0 or not args.lr > 0:
+        raise DataError(f"--steps must be >= 0 and --lr > 0, got {args.steps} and {args.lr}")
+    with FewShotClassifier.open(args.store) as clf:
+        t0 = time.perf_counter()
+        fit = clf.fit_head(steps=args.steps, lr=args.lr, warm=not args.cold)
+        seconds = time.perf_counter() - t0
+        n = len(clf.labels)
+    result = {
+        "classes": n,
+        "steps": fit.steps,
+        "loss_before": fit.loss_before,
+        "loss_after": fit.loss_after,
+        "accuracy_before": fit.accuracy_before,
+        "accuracy_after": fit.accuracy_after,
+        "seconds": seconds,
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"head fitted on {n} classes in {seconds:.1f} s: loss {fit.loss_before:.3f} -> "
+            f"{fit.loss_after:.3f}, accuracy on the stored examples {fit.accuracy_before:.1f}% "
+            f"-> {fit.accuracy_after:.1f}%"
+        )
+    return 0
 
 
 def _list(args: argparse.Namespace) -> int:

@@ -1,13 +1,18 @@
 """The "none of these" threshold of a few-shot classifier, from its own examples only.
 
-No example of an unknown class exists when a user adds classes, so unknowns are simulated by
-leaving classes out: a stored example scored against the prototypes of the *other* classes is a
-query whose class the classifier does not know (its best cosine is how well an unknown can
-fit), and scored against its own class's prototype built without it (leave-one-out) it is a
-known query. The threshold rejects ``recall`` of the simulated unknowns, as
-:mod:`mnemeta.algorithms.open_set` does with the held-out classes of meta-training episodes.
-Recomputed whenever classes are added, removed or confirmed, from at most ``sample`` examples
-(evenly spread over the store), so that it costs O(sample × classes × dim).
+No example of an unknown class exists when a user adds classes, so both sides are estimated from
+the stored examples. Scored against its own class's prototype built without it (leave-one-out),
+an example is a *known* query; scored against the *other* classes, it is a query of a class the
+classifier does not know (its best cosine is how well an unknown can fit). The threshold keeps
+``keep`` (90% by default) of the leave-one-out known queries: the rule that held up on CLINC150
+(``benchmarks/results/classifier_clinc150.md``), where the other rule, rejecting 90% of the
+simulated unknowns, also rejected about half of the in-scope queries, because a neighbouring
+intent of the same domain fits much better than a real out-of-scope query does. When no class
+has two vectors (one example each and no names) there is no leave-one-out query, and the
+threshold rejects ``keep`` of the simulated unknowns instead.
+
+Recomputed whenever classes are added, removed, confirmed or a head is fitted, from at most
+``sample`` examples (evenly spread over the store), so that it costs O(sample × classes × dim).
 """
 
 from __future__ import annotations
@@ -25,16 +30,20 @@ class Calibration:
     """A threshold and what it was measured on."""
 
     threshold: float
-    recall: float  # the fraction of simulated unknowns rejected
-    known_kept: float  # the fraction of leave-one-out known queries kept
+    rule: str  # "known" (keeps `keep` of known queries) or "unknown" (rejects `keep` of them)
+    keep: float
+    known_kept: float  # the fraction of leave-one-out known queries kept (nan: none)
+    unknown_rejected: float  # the fraction of simulated unknown queries rejected
     examples: int
     classes: int
 
-    def as_dict(self) -> dict[str, float | int]:
+    def as_dict(self) -> dict[str, float | int | str | None]:
         return {
             "value": self.threshold,
-            "recall": self.recall,
-            "known_kept": self.known_kept,
+            "rule": self.rule,
+            "keep": self.keep,
+            "known_kept": None if self.known_kept != self.known_kept else self.known_kept,
+            "unknown_rejected": self.unknown_rejected,
             "examples": self.examples,
             "classes": self.classes,
         }
@@ -46,8 +55,9 @@ def calibrate(
     sums: Tensor,
     counts: Tensor,
     *,
-    recall: float = 0.9,
+    keep: float = 0.9,
     sample: int = 1000,
+    vectors: Tensor | None = None,
 ) -> Calibration | None:
     """The threshold from unit example embeddings and the class sums they belong to.
 
@@ -56,8 +66,11 @@ def calibrate(
         y: ``(N,)`` their class indices into ``sums``.
         sums: ``(C, D)`` per class, the sum of its unit embeddings plus its name's (if names
             count as a shot); ``counts``: ``(C,)`` how many vectors each sum holds.
-        recall: the fraction of simulated unknown queries to reject.
+        keep: the fraction of known queries to keep (or, without any, of simulated unknowns to
+            reject).
         sample: at most this many examples are scored.
+        vectors: ``(C, D)`` the class vectors queries are scored against, if not the
+            normalised sums (an adapted head's rows).
 
     Returns:
         None when fewer than two classes exist (nothing can stand in for an unknown).
@@ -67,21 +80,23 @@ def calibrate(
     if z.shape[0] > sample:
         pick = torch.linspace(0, z.shape[0] - 1, sample).round().long()
         z, y = z[pick], y[pick]
-    protos = torch.nn.functional.normalize(sums, dim=1)
+    protos = torch.nn.functional.normalize(sums, dim=1) if vectors is None else vectors
     scores = z @ protos.T  # (n, C)
     rows = torch.arange(z.shape[0])
-    # Leave-one-out: the own class's prototype without this example (None if it was alone).
+    # Leave-one-out: the own class's prototype without this example (none if it was alone).
     own_sum = sums[y] - z
-    own_count = counts[y] - 1
     own = (torch.nn.functional.normalize(own_sum, dim=1) * z).sum(dim=1)
-    has_own = (own_count > 0) & (own_sum.norm(dim=1) > 1e-6)
+    known = own[(counts[y] > 1) & (own_sum.norm(dim=1) > 1e-6)]
     others = scores.clone()
     others[rows, y] = -float("inf")
     unknown = others.max(dim=1).values
-    threshold = rejection_threshold(unknown, recall)
-    known = own[has_own]
-    kept = float((known >= threshold).float().mean()) if known.numel() else float("nan")
-    return Calibration(threshold, recall, kept, int(z.shape[0]), int(sums.shape[0]))
+    if known.numel():
+        rule, threshold = "known", float(torch.quantile(known.double(), 1 - keep))
+        kept = float((known >= threshold).float().mean())
+    else:
+        rule, threshold, kept = "unknown", rejection_threshold(unknown, keep), float("nan")
+    rejected = float((unknown < threshold).float().mean())
+    return Calibration(threshold, rule, keep, kept, rejected, int(z.shape[0]), int(sums.shape[0]))
 
 
 def unit(x: Tensor) -> Tensor:

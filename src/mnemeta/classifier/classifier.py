@@ -36,6 +36,7 @@ from torch import Tensor
 from mnemeta.classifier import class_table as table
 from mnemeta.classifier.calibration import Calibration, calibrate, unit
 from mnemeta.classifier.encoders import Encoder, open_encoder
+from mnemeta.classifier.head import HeadFit, train_head
 from mnemeta.errors import ConfigError, DataError, StoreError
 from mnemeta.store import TaskMemory
 from mnemeta.store.schema import MARKER
@@ -67,6 +68,21 @@ class ClassSummary:
     name: str
     examples: int
     confirmed: int
+
+
+@dataclass(frozen=True)
+class _Classes:
+    """The classes a query is scored against, in one order: ``labels[j]`` is class ``uids[j]``,
+    ``prototypes[j]`` its unit prototype, ``vectors[j]`` what it is scored by (its adapted head
+    row when a head covers it, else its prototype), ``sums[j]`` / ``counts[j]`` what the
+    prototype averages."""
+
+    labels: list[str]
+    uids: list[str]
+    prototypes: Tensor
+    vectors: Tensor
+    sums: Tensor
+    counts: Tensor
 
 
 class _Conflict(Exception):
@@ -106,6 +122,7 @@ class FewShotClassifier:
         self._z: list[Tensor] = []  # unit example embeddings, in id order (for calibration)
         self._y: list[str] = []
         self._protos: tuple[tuple[int, int], Any] | None = None
+        self._head_cache: tuple[int, tuple[dict[str, int], Tensor]] | None = None
 
     # ------------------------------------------------------------------ making and opening
     @classmethod
@@ -255,16 +272,16 @@ class FewShotClassifier:
             self._z.append(zk)
         self._seen = int(ids[-1])
 
-    def _prototypes(self) -> tuple[list[str], Tensor, Tensor, Tensor, list[str]]:
-        """Live class names, unit prototypes ``(C, D)``, the sums and counts behind them, and
-        the classes' uids (classes with no example yet are left out). Cached until the class
-        table or the records change, so that a query costs one matrix product."""
+    def _prototypes(self) -> _Classes:
+        """The live classes with at least one example, and the vectors queries are scored
+        against. Cached until the class table or the records change, so that a query costs one
+        matrix product."""
         key = (int(self._state["revision"]), self._seen)
         if self._protos is None or self._protos[0] != key:
             self._protos = (key, self._build_prototypes())
         return self._protos[1]
 
-    def _build_prototypes(self) -> tuple[list[str], Tensor, Tensor, Tensor, list[str]]:
+    def _build_prototypes(self) -> _Classes:
         live = table.live(self._state)
         uids = [u for u in live if u in self._row and self._counts[self._row[u]] > 0]
         idx = torch.tensor([self._row[u] for u in uids], dtype=torch.long)
@@ -276,7 +293,27 @@ class FewShotClassifier:
                 if named is not None and named[0] == live[u]:
                     sums[j] += named[1]
                     counts[j] += 1
-        return [live[u] for u in uids], unit(sums), sums, counts, uids
+        prototypes = unit(sums)
+        vectors = prototypes
+        head = self._head()
+        if head is not None:
+            rows, weight = head
+            vectors = prototypes.clone()
+            for j, u in enumerate(uids):
+                if u in rows:
+                    vectors[j] = weight[rows[u]]
+        return _Classes([live[u] for u in uids], uids, prototypes, vectors, sums, counts)
+
+    def _head(self) -> tuple[dict[str, int], Tensor] | None:
+        """The kept head: ``{uid: row}`` and its ``(C, D)`` unit rows (None if never fitted)."""
+        head = self._state.get("head")
+        if head is None:
+            return None
+        if self._head_cache is None or self._head_cache[0] != head["record"]:
+            weight = self.memory.params(int(head["record"]))["weight"]
+            rows = {u: i for i, u in enumerate(head["classes"])}
+            self._head_cache = (int(head["record"]), (rows, weight))
+        return self._head_cache[1]
 
     # ------------------------------------------------------------------ classifying
     def predict(
@@ -308,8 +345,8 @@ class FewShotClassifier:
         items = self._items_checked(items)
         z = unit(self.encoder.encode(items, progress=progress))
         self.refresh()
-        labels, protos, _, _, _ = self._prototypes()
-        return z @ protos.T, labels
+        classes = self._prototypes()
+        return z @ classes.vectors.T, classes.labels
 
     @property
     def threshold(self) -> float | None:
@@ -443,24 +480,77 @@ class FewShotClassifier:
         self.refresh()
         self.calibrate()
 
-    def calibrate(self, *, recall: float = 0.9) -> Calibration | None:
+    def calibrate(self, *, keep: float = 0.9) -> Calibration | None:
         """Recompute the unknown threshold from the stored examples (see
         :mod:`mnemeta.classifier.calibration`) and keep it in the store."""
         self.refresh()
-        labels, _, sums, counts, uids = self._prototypes()
+        c = self._prototypes()
         result = None
-        if labels and self._z:
-            pos = {u: j for j, u in enumerate(uids)}
-            z = torch.cat(self._z)
-            mask = torch.tensor([u in pos for u in self._y])
-            y = torch.tensor([pos[u] for u in self._y if u in pos], dtype=torch.long)
-            result = calibrate(z[mask], y, sums, counts, recall=recall)
+        if c.labels and self._z:
+            z, y = self._examples_of(c.uids)
+            result = calibrate(z, y, c.sums, c.counts, keep=keep, vectors=c.vectors)
         value = None if result is None else result.as_dict()
         if value != self._state.get("threshold") and not self.memory.read_only:
             self._state = self.memory.update_app_state(
                 table.KEY, lambda s: {**s, "threshold": value}
             )
         return result
+
+    def fit_head(
+        self, *, steps: int = 100, lr: float = 0.01, pull: float = 0.1, warm: bool = True
+    ) -> HeadFit:
+        """Train the adapted head on the stored examples and keep it in the task memory.
+
+        Each class starts from its row of the last kept head (``warm``) or from its prototype
+        (see :mod:`mnemeta.classifier.head`); from then on the class is scored by its head row
+        until the next fit (examples added meanwhile count from the next fit on; new classes
+        use their prototypes). The head is a record of the task memory (its weights as
+        safetensors) and the class table points at it, in one transaction. Re-calibrates the
+        threshold for the new class vectors.
+        """
+        self.refresh()
+        c = self._prototypes()
+        uids = c.uids
+        if len(uids) < 2:
+            raise DataError(
+                f"the classifier at {self.path} has {len(uids)} class(es); a head needs at "
+                "least 2 to tell apart"
+            )
+        # Warm: each class from its row of the last head (the scoring vectors); cold: from the
+        # prototypes.
+        start = (c.vectors if warm else c.prototypes).clone()
+        z, y = self._examples_of(uids)
+        fit = train_head(z, y, start, steps=steps, lr=lr, pull=pull)
+        info = {"classifier": "head", "classes": uids, "steps": steps, "lr": lr, "warm": warm}
+        metrics = {
+            "loss_before": fit.loss_before,
+            "loss_after": fit.loss_after,
+            "accuracy_before": fit.accuracy_before,
+            "accuracy_after": fit.accuracy_after,
+        }
+
+        def point_at(value: Any, ids: list[int]) -> Any:
+            return {**value, "head": {"record": ids[0], "classes": uids}}
+
+        self._dirty = True
+        self.memory.add_many(
+            unit(fit.weight.mean(0, keepdim=True)),
+            params=[{"weight": fit.weight.contiguous()}],
+            infos=[info],
+            metrics=[metrics],
+            state=(table.KEY, point_at),
+        )
+        self.refresh()
+        self.calibrate()
+        return fit
+
+    def _examples_of(self, uids: list[str]) -> tuple[Tensor, Tensor]:
+        """The stored unit embeddings of the classes ``uids`` and their indices into it."""
+        pos = {u: j for j, u in enumerate(uids)}
+        z = torch.cat(self._z) if self._z else torch.zeros(0, self.memory.dim)
+        mask = torch.tensor([u in pos for u in self._y], dtype=torch.bool)
+        y = torch.tensor([pos[u] for u in self._y if u in pos], dtype=torch.long)
+        return z[mask], y
 
     def _update(self, fn: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
         self._dirty = True
