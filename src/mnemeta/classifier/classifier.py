@@ -497,7 +497,7 @@ class FewShotClassifier:
         return result
 
     def fit_head(
-        self, *, steps: int = 100, lr: float = 0.01, pull: float = 0.1, warm: bool = True
+        self, *, steps: int = 100, lr: float = 0.01, pull: float = 1.0, warm: bool = True
     ) -> HeadFit:
         """Train the adapted head on the stored examples and keep it in the task memory.
 
