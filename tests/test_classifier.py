@@ -113,6 +113,25 @@ def test_images_are_read_as_the_checkpoint_was_trained(checkpoint: Path, tmp_pat
     assert enc.read(tmp_path / "paper.png").shape == (1, 28, 28)
 
 
+def test_an_official_omniglot_png_reads_as_the_training_data(
+    checkpoint: Path, tmp_path: Path
+) -> None:
+    """A 105x105 one-bit drawing (as Omniglot ships them) reads pixel for pixel as the data set
+    loader makes its training images: resized the same way, strokes bright."""
+    from mnemeta.classifier import CheckpointEncoder
+    from mnemeta.data.omniglot import _decode_png
+
+    rng = np.random.default_rng(1)
+    paper = np.ones((105, 105), dtype=bool)
+    for _ in range(6):  # a few strokes
+        r, c = rng.integers(10, 90, size=2)
+        paper[r : r + 4, c : c + 30] = False
+    png = tmp_path / "0965_01.png"
+    Image.fromarray(paper).convert("1").save(png)
+    expected = 255 - _decode_png(png.read_bytes(), 28)
+    assert np.array_equal(CheckpointEncoder(checkpoint).read(png)[0], expected)
+
+
 @pytest.mark.parametrize(
     ("setup", "message"),
     [

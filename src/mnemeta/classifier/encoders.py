@@ -136,7 +136,12 @@ class CheckpointEncoder:
     @torch.no_grad()
     def encode(self, items: Sequence[Any], *, progress: bool = False) -> Tensor:
         out = []
-        for start in range(0, len(items), 256):
+        starts = range(0, len(items), 256)
+        if progress:
+            from tqdm import tqdm
+
+            starts = tqdm(starts, desc="images", unit="batch", leave=False)
+        for start in starts:
             chunk = [self.read(item) for item in items[start : start + 256]]
             pixels = torch.from_numpy(np.stack(chunk)).float().div_(255.0)
             out.append(self.network(pixels).flatten(1).float())
