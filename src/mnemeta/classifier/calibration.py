@@ -24,6 +24,8 @@ from torch import Tensor
 
 from mnemeta.algorithms.open_set import rejection_threshold
 
+_UNKNOWN_SAMPLE = 100  # examples scored against every class when there are known queries
+
 
 @dataclass(frozen=True)
 class Calibration:
@@ -81,14 +83,17 @@ def calibrate(
         pick = torch.linspace(0, z.shape[0] - 1, sample).round().long()
         z, y = z[pick], y[pick]
     protos = torch.nn.functional.normalize(sums, dim=1) if vectors is None else vectors
-    scores = z @ protos.T  # (n, C)
-    rows = torch.arange(z.shape[0])
     # Leave-one-out: the own class's prototype without this example (none if it was alone).
+    # O(n·D): cheap at any number of classes.
     own_sum = sums[y] - z
     own = (torch.nn.functional.normalize(own_sum, dim=1) * z).sum(dim=1)
     known = own[(counts[y] > 1) & (own_sum.norm(dim=1) > 1e-6)]
-    others = scores.clone()
-    others[rows, y] = -float("inf")
+    # The unknown side costs O(n·C·D); with known queries it only reports how many simulated
+    # unknowns the threshold rejects, so fewer examples do (a tenth of the time at 10⁴ classes).
+    m = z.shape[0] if not known.numel() else min(z.shape[0], _UNKNOWN_SAMPLE)
+    pick = torch.linspace(0, z.shape[0] - 1, m).round().long()
+    others = z[pick] @ protos.T  # (m, C)
+    others[torch.arange(m), y[pick]] = -float("inf")
     unknown = others.max(dim=1).values
     if known.numel():
         rule, threshold = "known", float(torch.quantile(known.double(), 1 - keep))

@@ -119,8 +119,10 @@ class FewShotClassifier:
         self._confirmed = torch.zeros(0)
         self._names: dict[str, tuple[str, Tensor]] = {}  # uid -> (name, unit embedding)
         self._items: set[tuple[str, str]] = set()  # (uid, item): to skip duplicate examples
-        self._z: list[Tensor] = []  # unit example embeddings, in id order (for calibration)
-        self._y: list[str] = []
+        # Unit example embeddings in id order and their classes' rows (for calibration and the
+        # head), as chunks joined on use.
+        self._z: list[Tensor] = []
+        self._y: list[Tensor] = []
         self._protos: tuple[tuple[int, int], Any] | None = None
         self._head_cache: tuple[int, tuple[dict[str, int], Tensor]] | None = None
 
@@ -259,7 +261,6 @@ class FewShotClassifier:
                 rows.append(self._row[uid])
                 keep.append(i)
                 self._items.add((uid, str(info.get("item"))))
-                self._y.append(uid)
                 if info.get("confirmed"):
                     self._confirmed[self._row[uid]] += 1
             elif kind == NAME:
@@ -270,6 +271,7 @@ class FewShotClassifier:
             self._sums.index_add_(0, index, zk)
             self._counts.index_add_(0, index, torch.ones(len(rows)))
             self._z.append(zk)
+            self._y.append(index)
         self._seen = int(ids[-1])
 
     def _prototypes(self) -> _Classes:
@@ -546,11 +548,18 @@ class FewShotClassifier:
 
     def _examples_of(self, uids: list[str]) -> tuple[Tensor, Tensor]:
         """The stored unit embeddings of the classes ``uids`` and their indices into it."""
-        pos = {u: j for j, u in enumerate(uids)}
-        z = torch.cat(self._z) if self._z else torch.zeros(0, self.memory.dim)
-        mask = torch.tensor([u in pos for u in self._y], dtype=torch.bool)
-        y = torch.tensor([pos[u] for u in self._y if u in pos], dtype=torch.long)
-        return z[mask], y
+        if not self._z:
+            return torch.zeros(0, self.memory.dim), torch.zeros(0, dtype=torch.long)
+        if len(self._z) > 1:  # join once; later calls reuse the joined chunk
+            self._z, self._y = [torch.cat(self._z)], [torch.cat(self._y)]
+        z, rows = self._z[0], self._y[0]
+        position = torch.full((len(self._uids),), -1, dtype=torch.long)
+        position[torch.tensor([self._row[u] for u in uids], dtype=torch.long)] = torch.arange(
+            len(uids)
+        )
+        y = position[rows]
+        keep = y >= 0
+        return z[keep], y[keep]
 
     def _update(self, fn: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
         self._dirty = True
