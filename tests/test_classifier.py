@@ -449,3 +449,14 @@ def test_the_head_learns_what_prototypes_miss() -> None:
     assert torch.allclose(fit.weight.norm(dim=1), torch.ones(2))
     still = train_head(z, y, start, steps=0)
     assert torch.allclose(still.weight, torch.nn.functional.normalize(start, dim=1))
+
+
+def test_rows_grow_without_losing_any() -> None:
+    from mnemeta.classifier.classifier import _Rows
+
+    rows, chunks = _Rows(3, torch.float32), []
+    for n in (1, 20, 0, 7, 100):
+        chunk = torch.randn(n, 3)
+        rows.append(chunk)
+        chunks.append(chunk)
+    assert len(rows) == 128 and torch.equal(rows.view(), torch.cat(chunks))

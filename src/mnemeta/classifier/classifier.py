@@ -70,6 +70,36 @@ class ClassSummary:
     confirmed: int
 
 
+_CALIBRATION_SAMPLE = 1000  # examples the threshold is calibrated on
+
+
+class _Rows:
+    """A tensor that grows by rows without copying what it holds at every append (its capacity
+    doubles), so that a store of 10⁶ examples is not copied at every add."""
+
+    def __init__(self, width: int, dtype: torch.dtype) -> None:
+        self._shape = (width,) if width else ()
+        self._data = torch.zeros((16, *self._shape), dtype=dtype)
+        self._n = 0
+
+    def append(self, rows: Tensor) -> None:
+        need = self._n + len(rows)
+        if need > len(self._data):
+            grown = torch.zeros(
+                (max(need, 2 * len(self._data)), *self._shape), dtype=self._data.dtype
+            )
+            grown[: self._n] = self._data[: self._n]
+            self._data = grown
+        self._data[self._n : need] = rows
+        self._n = need
+
+    def view(self) -> Tensor:
+        return self._data[: self._n]
+
+    def __len__(self) -> int:
+        return self._n
+
+
 @dataclass(frozen=True)
 class _Classes:
     """The classes a query is scored against, in one order: ``labels[j]`` is class ``uids[j]``,
@@ -121,8 +151,8 @@ class FewShotClassifier:
         self._items: set[tuple[str, str]] = set()  # (uid, item): to skip duplicate examples
         # Unit example embeddings in id order and their classes' rows (for calibration and the
         # head), as chunks joined on use.
-        self._z: list[Tensor] = []
-        self._y: list[Tensor] = []
+        self._z = _Rows(memory.dim, torch.float32)
+        self._y = _Rows(0, torch.long)
         self._protos: tuple[tuple[int, int], Any] | None = None
         self._head_cache: tuple[int, tuple[dict[str, int], Tensor]] | None = None
 
@@ -285,8 +315,11 @@ class FewShotClassifier:
 
     def _build_prototypes(self) -> _Classes:
         live = table.live(self._state)
-        uids = [u for u in live if u in self._row and self._counts[self._row[u]] > 0]
-        idx = torch.tensor([self._row[u] for u in uids], dtype=torch.long)
+        known = [u for u in live if u in self._row]
+        rows = torch.tensor([self._row[u] for u in known], dtype=torch.long)
+        has = (self._counts[rows] > 0).tolist()
+        uids = [u for u, h in zip(known, has, strict=True) if h]
+        idx = rows[torch.tensor(has, dtype=torch.bool)] if known else rows
         sums = self._sums[idx].clone()
         counts = self._counts[idx].clone()
         if self._state["use_names"]:
@@ -299,11 +332,11 @@ class FewShotClassifier:
         vectors = prototypes
         head = self._head()
         if head is not None:
-            rows, weight = head
+            head_rows, weight = head
             vectors = prototypes.clone()
             for j, u in enumerate(uids):
-                if u in rows:
-                    vectors[j] = weight[rows[u]]
+                if u in head_rows:
+                    vectors[j] = weight[head_rows[u]]
         return _Classes([live[u] for u in uids], uids, prototypes, vectors, sums, counts)
 
     def _head(self) -> tuple[dict[str, int], Tensor] | None:
@@ -488,8 +521,8 @@ class FewShotClassifier:
         self.refresh()
         c = self._prototypes()
         result = None
-        if c.labels and self._z:
-            z, y = self._examples_of(c.uids)
+        if c.labels and len(self._z):
+            z, y = self._examples_of(c.uids, sample=_CALIBRATION_SAMPLE)
             result = calibrate(z, y, c.sums, c.counts, keep=keep, vectors=c.vectors)
         value = None if result is None else result.as_dict()
         if value != self._state.get("threshold") and not self.memory.read_only:
@@ -546,20 +579,19 @@ class FewShotClassifier:
         self.calibrate()
         return fit
 
-    def _examples_of(self, uids: list[str]) -> tuple[Tensor, Tensor]:
-        """The stored unit embeddings of the classes ``uids`` and their indices into it."""
-        if not self._z:
-            return torch.zeros(0, self.memory.dim), torch.zeros(0, dtype=torch.long)
-        if len(self._z) > 1:  # join once; later calls reuse the joined chunk
-            self._z, self._y = [torch.cat(self._z)], [torch.cat(self._y)]
-        z, rows = self._z[0], self._y[0]
+    def _examples_of(self, uids: list[str], *, sample: int | None = None) -> tuple[Tensor, Tensor]:
+        """The stored unit embeddings of the classes ``uids`` and their indices into it; at most
+        ``sample`` of them, evenly spread over the store, if given."""
+        rows = self._y.view()
         position = torch.full((len(self._uids),), -1, dtype=torch.long)
         position[torch.tensor([self._row[u] for u in uids], dtype=torch.long)] = torch.arange(
             len(uids)
         )
         y = position[rows]
-        keep = y >= 0
-        return z[keep], y[keep]
+        keep = (y >= 0).nonzero().squeeze(1)
+        if sample is not None and len(keep) > sample:
+            keep = keep[torch.linspace(0, len(keep) - 1, sample).round().long()]
+        return self._z.view()[keep], y[keep]
 
     def _update(self, fn: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
         self._dirty = True
