@@ -149,3 +149,47 @@ def test_bad_text_input_is_one_line(
     )
     # Nothing half-written in the cache: only complete entries, no temporary files.
     assert not [p for p in cache.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_fine_tuning_the_encoder_trains_resumes_and_evaluates_by_token_ids(
+    clinc_csvs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+
+    base, new = clinc_csvs
+    run = tmp_path / "run"
+
+    def train(steps: int, *more: str) -> int:
+        argv = ["train", "protonet_clinc150_5w1s_finetune", "--out", str(run), "--no-progress"]
+        argv += ["--device", "cpu", *more]
+        for item in (
+            "data.dataset=text",
+            f"data.path={base}",
+            "train.ways=3",
+            "train.shots=1",
+            "train.queries=2",
+            f"train.steps={steps}",
+            "train.lr_schedule=step",  # linear annealing to 0 fixes the steps on resume
+            "train.checkpoint_every=1",
+            "eval.ways=3",
+            "eval.shots=1",
+            "eval.queries=2",
+            "eval.episodes=4",
+        ):
+            argv += ["--set", item]
+        return main(argv)
+
+    assert train(1) == 0
+    first = torch.load(run / "checkpoint.pt", weights_only=True)
+    # The Adam state holds the top 2 layers' weights only (the frozen ones are not optimised).
+    trained = sum(p.numel() for p in first["optimizer"]["state"][0].values() if p.dim())
+    assert len(first["optimizer"]["state"]) == 32 and trained > 0
+    assert train(2, "--resume", str(run)) == 0
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 2
+    moved = [k for k in state["model"] if not torch.equal(state["model"][k], first["model"][k])]
+    assert moved and all(".layer.4." in k or ".layer.5." in k for k in moved)
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--data", str(new), "--episodes", "5"]) == 0
+    scored = json.loads(next(run.glob("eval_all_3w1s_5.json")).read_text())
+    assert scored["split"] == "all" and scored["mean"] > 50  # 3-way: chance is 33%

@@ -142,6 +142,29 @@ class Config:
     def run_dir(self) -> Path:
         return Path(self.out_dir or f"runs/{self.name}")
 
+    def check_relations(self, prefix: str) -> None:
+        """Token ids go to a backbone that takes them, and only there; and they are the
+        tokens of the encoder that backbone runs."""
+        name = self.model.backbone if isinstance(self.model, EpisodicConfig) else None
+        takes = BACKBONES.get(name).takes if name is not None else None
+        if takes == "tokens" and self.data.inputs != "tokens":
+            raise ConfigError(
+                f'the {name} backbone reads token ids, but data.inputs="{self.data.inputs}"; '
+                'set data.inputs="tokens"'
+            )
+        if self.data.inputs == "tokens" and takes != "tokens":
+            backbones = ", ".join(b.name for b in BACKBONES if b.takes == "tokens")
+            raise ConfigError(
+                f'data.inputs="tokens" needs a backbone that reads token ids ({backbones}); '
+                f"{self.model.algorithm} with {name or 'no backbone'} does not"
+            )
+        encoder = getattr(self.backbone, "encoder", None)
+        if takes == "tokens" and encoder != self.data.encoder:
+            raise ConfigError(
+                f"backbone.encoder={encoder!r} but the data are tokenised by "
+                f"data.encoder={self.data.encoder!r}; set both to the same encoder"
+            )
+
 
 def preset_names() -> list[str]:
     files = resources.files("mnemeta") / "presets"

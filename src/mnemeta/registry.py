@@ -108,8 +108,10 @@ class BackboneSpec(Entry):
 
     Attributes:
         takes: what ``size`` is: ``"channels"``, the first dimension of the input (a Conv-4's
-            image channels), or ``"features"``, the number of values in one input (a backbone
-            over flat feature vectors such as sentence embeddings).
+            image channels), ``"features"``, the number of values in one input (a backbone
+            over flat feature vectors such as sentence embeddings), or ``"tokens"``, the length
+            of one input's int64 token ids (a backbone that runs a sentence encoder;
+            ``data.inputs = "tokens"``).
     """
 
     build: Callable[..., Any] = dataclasses.field(default=lambda *a, **k: None)

@@ -97,3 +97,52 @@ def test_one_shot_sequences_over_embeddings_keep_their_values() -> None:
     assert batch.images.shape == (2, 6, 2)
     # Not divided by 255 like pixels: every value is one of the table's.
     assert set(batch.images.reshape(-1).tolist()) <= set(z.reshape(-1).tolist())
+
+
+class LetterTokenizer(CountingEncoder):
+    """A stand-in tokenizer: [CLS]=1, one id per letter (a=3, b=4, ...), [SEP]=2, padding 0."""
+
+    pad_id = 0
+
+    def tokenize(self, texts: list[str], *, max_tokens: int) -> torch.Tensor:
+        out = torch.zeros(len(texts), max_tokens, dtype=torch.long)
+        for i, text in enumerate(texts):
+            ids = [*[1, *(ord(c) - 94 for c in text)][: max_tokens - 1], 2]
+            out[i, : len(ids)] = torch.tensor(ids)
+        return out
+
+
+def test_token_tables_are_padded_truncated_and_drawn_unscaled(tmp_path: Path) -> None:
+    texts = LabelledTexts(("ab", "a", "abcdef", "b", "ba", "bb"), ("x", "x", "x", "y", "y", "z"))
+    splits = text_classes(
+        texts,
+        LetterTokenizer(),  # type: ignore[arg-type]
+        {"all": ["x", "y", "z"]},
+        cache_dir=tmp_path,
+        inputs="tokens",
+        max_tokens=5,
+    )
+    table = splits["all"]
+    assert table.is_tokens and not table.is_features and table.images.dtype == torch.int64
+    assert table.images.shape == (3, 3, 5) and table.example_shape == (5,)
+    assert table.counts.tolist() == [3, 2, 1]
+    assert table.images[0].tolist() == [
+        [1, 3, 4, 2, 0],
+        [1, 3, 2, 0, 0],
+        [1, 3, 4, 5, 2],  # "abcdef" cut at 5 ids, [SEP] kept
+    ]
+    assert table.images[2, 1:].eq(0).all()  # padding rows hold the padding id
+    assert not list(tmp_path.iterdir())  # tokens are not cached
+    two = table.subset(["x", "y"])
+    batch = EpisodeSampler(two, ways=2, shots=1, queries=1, seed=0).sample(3)
+    assert batch.support_x.dtype == torch.int64 and batch.support_x.shape == (3, 2, 5)
+    assert set(batch.query_x.reshape(-1).tolist()) <= set(two.images.reshape(-1).tolist())
+    with pytest.raises(DataError, match="class 'z' of split 'all' has only 1 examples"):
+        EpisodeSampler(table, ways=2, shots=1, queries=1, split="all")
+
+
+def test_class_images_refuses_other_integer_tables() -> None:
+    with pytest.raises(DataError, match="int64 \\(classes, per_class, seq_len\\) token ids"):
+        ClassImages.from_equal_classes(torch.zeros(2, 3, 4, 5, dtype=torch.int64), ["a", "b"])
+    with pytest.raises(DataError, match="got torch.int32"):
+        ClassImages.from_equal_classes(torch.zeros(2, 3, 4, dtype=torch.int32), ["a", "b"])

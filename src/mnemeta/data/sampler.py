@@ -59,7 +59,8 @@ class EpisodeSampler:
         self._counts_cpu = data.counts.cpu()
 
     def sample(self, n_tasks: int = 1) -> EpisodeBatch:
-        """A batch of ``n_tasks`` episodes; images as float in ``[0, 1]`` on the device."""
+        """A batch of ``n_tasks`` episodes; images as float in ``[0, 1]`` on the device (features
+        and token ids unchanged)."""
         classes, drawings = self._draw_indices(n_tasks, self.generator)
         return self._gather(classes, drawings)
 
@@ -168,7 +169,8 @@ def distinct_integers(rows: int, k: int, n: int, generator: torch.Generator) -> 
 
 
 def _to_unit_float(pixels: Tensor) -> Tensor:
-    """uint8 ``[0, 255]`` -> float32 ``[0, 1]``; float features (embeddings) as they are."""
+    """uint8 ``[0, 255]`` -> float32 ``[0, 1]``; float features (embeddings) and int64 token ids
+    as they are."""
     if pixels.dtype != torch.uint8:
         return pixels
     return pixels.to(torch.float32).mul_(1.0 / 255.0)

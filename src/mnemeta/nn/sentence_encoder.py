@@ -108,6 +108,29 @@ class SentenceEncoder:
         )
         return out.detach().to("cpu", torch.float32)
 
+    @property
+    def pad_id(self) -> int:
+        """The tokenizer's padding id (0 for MiniLM's BERT vocabulary)."""
+        pad = self.model.tokenizer.pad_token_id
+        if pad is None:
+            raise ConfigError(f"the tokenizer of {self.name!r} has no padding token")
+        return int(pad)
+
+    def tokenize(self, texts: list[str], *, max_tokens: int) -> Tensor:
+        """``len(texts)`` texts -> int64 ``(len(texts), max_tokens)`` token ids, by the model's
+        own tokenizer (special tokens included), right-padded with :attr:`pad_id` and
+        truncated at ``max_tokens``."""
+        if not texts:
+            return torch.zeros(0, max_tokens, dtype=torch.long)
+        ids = self.model.tokenizer(
+            list(texts),
+            padding="max_length",
+            truncation=True,
+            max_length=max_tokens,
+            return_tensors="pt",
+        )["input_ids"]
+        return ids.to(torch.long)
+
 
 def _resolve(name: str) -> Path | None:
     """The local folder ``name`` stands for, or None for a hub name."""

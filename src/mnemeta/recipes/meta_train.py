@@ -111,7 +111,15 @@ def _meta_train(
     learner = build_learner(
         config, train_data.example_shape, n_way=tc.ways, classes=train_data.n_classes
     ).to(device)
-    optimizer = build_optimizer(config, learner.parameters())
+    # Frozen weights (a sentence encoder's lower layers) stay out of the optimiser.
+    trained = [p for p in learner.parameters() if p.requires_grad]
+    if not trained:
+        raise ConfigError(
+            f"{config.model.algorithm} with backbone {getattr(config.model, 'backbone', '')!r} "
+            "has nothing to train (every weight is frozen); evaluate it with `mnemeta evaluate` "
+            "or choose a backbone with weights to train"
+        )
+    optimizer = build_optimizer(config, iter(trained))
     meta_loss = build_meta_loss(learner, tc.compile)
     scheduler = build_schedule(config, optimizer)
     # Running sums of the logged metrics stay on the device: no host sync every step.
@@ -174,7 +182,7 @@ def _meta_train(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if tc.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(learner.parameters(), tc.grad_clip)
+                torch.nn.utils.clip_grad_norm_(trained, tc.grad_clip)
             optimizer.step()
             scheduler.step()
             running += torch.stack(
