@@ -27,6 +27,19 @@ def test_packaged_minilm_embeds_with_no_network(monkeypatch: pytest.MonkeyPatch)
 
 
 @needs_packaged
+def test_the_direct_path_equals_sentence_transformers_encode() -> None:
+    """Small batches skip sentence-transformers' encode machinery; the embeddings are its own."""
+    enc = SentenceEncoder()
+    texts = ["set an alarm for 7", "how do i change the pin on my debit card please", "hi"]
+    assert enc._is_mean_pooled()
+    direct = enc.encode(texts)
+    reference = enc.model.encode(texts, convert_to_tensor=True).float()
+    assert torch.allclose(direct, reference, atol=1e-6)
+    many = enc.encode(texts * 20)  # more than the direct path takes: encode's own path
+    assert torch.allclose(many[:3], direct, atol=1e-6)
+
+
+@needs_packaged
 def test_an_encoder_that_is_not_installed_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ConfigError, match="'nobody/no-such-model' is not installed") as info:
