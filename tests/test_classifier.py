@@ -460,3 +460,55 @@ def test_rows_grow_without_losing_any() -> None:
         rows.append(chunk)
         chunks.append(chunk)
     assert len(rows) == 128 and torch.equal(rows.view(), torch.cat(chunks))
+
+
+# ---------------------------------------------------------------------- timm / torchvision
+def _importable(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+@pytest.mark.skipif(
+    not (_importable("timm") and _importable("torchvision")),
+    reason="timm and torchvision are not installed (torchvision does not import beside the CPU "
+    "build of torch 2.13 used in CI)",
+)
+@pytest.mark.parametrize("spec", ["timm:resnet18", "torchvision:resnet18"])
+def test_a_timm_or_torchvision_backbone_as_the_encoder(
+    spec: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Random initialisation (nothing downloads); the round trip, the weights file, and its
+    identity: other weights are another encoder."""
+    from mnemeta.classifier import open_encoder
+
+    imgs = drawings(tmp_path / "imgs")
+    store = tmp_path / "S"
+    code, _, err = cli(["classes", "create", store, "--encoder", spec], capsys)
+    assert code == 0 and "randomly initialised" in err
+    assert cli(["classes", "add", store, "--images", imgs / "train"], capsys)[0] == 0
+    code, out, _ = cli(["classify", store, "--images", imgs / "query", "--json"], capsys)
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["top"][0]["label"] for r in rows] == ["class0", "class1", "class2"]
+    # A weights file of the same architecture: its own identity, refused by the store.
+    from safetensors.torch import save_file
+
+    enc = open_encoder(spec)
+    state = {k: v + 0.01 for k, v in enc.network.state_dict().items() if v.is_floating_point()}
+    save_file(state, tmp_path / "w.safetensors")
+    other = open_encoder(f"{spec}@{tmp_path / 'w.safetensors'}")
+    assert other.identity()["weights"] != enc.identity()["weights"]
+    with pytest.raises(ConfigError, match="was made with the encoder"):
+        FewShotClassifier.open(store, encoder=other)
+    with pytest.raises(ConfigError, match="does not fit"):
+        open_encoder(f"{spec.split(':')[0]}:resnet34@{tmp_path / 'w.safetensors'}")
+
+
+def test_a_backbone_library_that_is_not_installed_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if _importable("timm"):
+        pytest.skip("timm is installed")
+    code, _, err = cli(["classes", "create", tmp_path / "S", "--encoder", "timm:resnet18"], capsys)
+    assert code == 2 and "needs timm, which is not installed" in err
+    assert not (tmp_path / "S").exists()

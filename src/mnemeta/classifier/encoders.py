@@ -12,8 +12,8 @@ differs, since embeddings of two models are not comparable.
   bilinearly to the checkpoint's input size, strokes bright on a dark background (a light
   background, as in Omniglot's own PNGs, is inverted), scaled to [0, 1].
 
-timm and torchvision backbones are not supported yet (torchvision does not import beside the CPU
-build of PyTorch used here, and timm needs it).
+- ``timm:NAME`` / ``torchvision:NAME``: an image backbone of those libraries, with the user's
+  weights (``timm:resnet18@weights.safetensors``; :mod:`mnemeta.classifier.backbones`).
 """
 
 from __future__ import annotations
@@ -149,21 +149,7 @@ class CheckpointEncoder:
 
     def read(self, item: Any) -> np.ndarray:
         """One image file -> uint8 ``(C, H, W)`` as the checkpoint's training data were."""
-        from PIL import Image, UnidentifiedImageError
-
-        path = Path(item)
-        if path.suffix.lower() not in IMAGE_SUFFIXES:
-            raise DataError(f"{path} is not a PNG or JPEG file; pass .png, .jpg or .jpeg images")
-        try:
-            with Image.open(path) as im:
-                im = im.convert("L" if self.channels == 1 else "RGB")
-                im = im.resize((self.width, self.height), Image.Resampling.BILINEAR)
-                pixels = np.asarray(im, dtype=np.uint8)
-        except (OSError, UnidentifiedImageError, ValueError) as e:
-            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise DataError(
-                f"cannot read the image {path} ({reason}); replace or remove the file"
-            ) from None
+        pixels = read_image(item, grey=self.channels == 1, size=(self.height, self.width))
         if self.channels == 1:
             border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
             if border.mean() > 127:  # dark strokes on paper -> bright strokes, as in training
@@ -172,13 +158,38 @@ class CheckpointEncoder:
         return pixels.transpose(2, 0, 1).copy()
 
 
+def read_image(item: Any, *, grey: bool, size: tuple[int, int]) -> np.ndarray:
+    """An image file as uint8 ``(H, W)`` (grey) or ``(H, W, 3)`` (RGB), resized bilinearly to
+    ``size`` = (H, W). A file that is not a readable PNG or JPEG is a one-line DataError."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(item)
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise DataError(f"{path} is not a PNG or JPEG file; pass .png, .jpg or .jpeg images")
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L" if grey else "RGB")
+            im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+            return np.asarray(im, dtype=np.uint8)
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(
+            f"cannot read the image {path} ({reason}); replace or remove the file"
+        ) from None
+
+
 def open_encoder(spec: str, *, device: str | None = None) -> Encoder:
-    """The encoder ``spec`` names: a mnemeta checkpoint file (``.pt``), else a text model.
+    """The encoder ``spec`` names: ``timm:NAME`` / ``torchvision:NAME`` (optionally
+    ``@WEIGHTS_FILE``), a mnemeta checkpoint file (``.pt``) or run folder, else a text model.
 
     Raises:
         ConfigError: the checkpoint cannot be used, or the text model is not installed; the
             message says what to pass instead.
     """
+    if spec.startswith(("timm:", "torchvision:")):
+        from mnemeta.classifier.backbones import BackboneEncoder
+
+        return BackboneEncoder.from_spec(spec)
     path = Path(spec).expanduser()
     if path.is_file() or path.suffix in (".pt", ".pth"):
         if not path.is_file():
