@@ -1,0 +1,11 @@
+"""Meta-reinforcement learning substrate: a batched 2D navigation environment, a Gaussian MLP
+policy callable with a dict of weights, batched rollouts, the linear feature baseline and the
+vanilla policy-gradient surrogate (the pieces of MAML-RL, Finn et al. 2017 §5.3).
+
+Pure torch: nothing here imports gymnasium or MuJoCo, and ``import mnemeta`` does not import
+this package.
+"""
+
+from mnemeta.rl.navigation import Navigation2D, sample_goals
+
+__all__ = ["Navigation2D", "sample_goals"]
