@@ -7,5 +7,14 @@ this package.
 """
 
 from mnemeta.rl.navigation import Navigation2D, sample_goals
+from mnemeta.rl.policy import GaussianMLPPolicy
+from mnemeta.rl.rollout import Trajectories, returns_to_go, rollout
 
-__all__ = ["Navigation2D", "sample_goals"]
+__all__ = [
+    "GaussianMLPPolicy",
+    "Navigation2D",
+    "Trajectories",
+    "returns_to_go",
+    "rollout",
+    "sample_goals",
+]
