@@ -6,15 +6,22 @@ Pure torch: nothing here imports gymnasium or MuJoCo, and ``import mnemeta`` doe
 this package.
 """
 
+from mnemeta.rl import baseline
 from mnemeta.rl.navigation import Navigation2D, sample_goals
 from mnemeta.rl.policy import GaussianMLPPolicy
 from mnemeta.rl.rollout import Trajectories, returns_to_go, rollout
+from mnemeta.rl.vpg import estimate_advantages, normalize_per_task, surrogate, vpg_loss
 
 __all__ = [
     "GaussianMLPPolicy",
     "Navigation2D",
     "Trajectories",
+    "baseline",
+    "estimate_advantages",
+    "normalize_per_task",
     "returns_to_go",
     "rollout",
     "sample_goals",
+    "surrogate",
+    "vpg_loss",
 ]
