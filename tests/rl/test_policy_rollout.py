@@ -14,7 +14,7 @@ DT = torch.float64
 
 def _policy(seed: int = 0, **kwargs: object) -> GaussianMLPPolicy:
     torch.manual_seed(seed)
-    return GaussianMLPPolicy(2, 2, **kwargs).to(DT)  # type: ignore[arg-type]
+    return GaussianMLPPolicy(2, 2, **kwargs).to(DT)
 
 
 def test_policy_is_the_papers_2x100_relu_mlp_with_a_state_independent_std() -> None:
@@ -74,7 +74,7 @@ def test_rollout_shapes_and_same_seed_same_trajectories() -> None:
     env = Navigation2D(5, horizon=7)
     goals = sample_goals(3, generator=torch.Generator().manual_seed(0), dtype=DT)
 
-    def run(seed: int):  # type: ignore[no-untyped-def]
+    def run(seed: int):
         return rollout(
             policy, policy.params(), env, goals, generator=torch.Generator().manual_seed(seed)
         )
