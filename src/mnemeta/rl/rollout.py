@@ -51,6 +51,18 @@ class Trajectories:
     def horizon(self) -> int:
         return self.rewards.shape[2]
 
+    def select(self, tasks: slice) -> Trajectories:
+        """The trajectories of some tasks, the task axis kept: ``trajs.select(slice(i, i + 1))``
+        is task ``i`` alone, shaped ``(1, trajectories, horizon, ...)``."""
+        return Trajectories(
+            self.obs[tasks],
+            self.actions[tasks],
+            self.rewards[tasks],
+            self.mask[tasks],
+            self.returns[tasks],
+            self.discount,
+        )
+
     def undiscounted_return(self) -> Tensor:
         """``Σ_t r_t`` per trajectory, ``(tasks, trajectories)``: the "average return" that
         the paper's curves plot, once averaged."""
