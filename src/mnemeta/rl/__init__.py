@@ -1,0 +1,27 @@
+"""Meta-reinforcement learning substrate: a batched 2D navigation environment, a Gaussian MLP
+policy callable with a dict of weights, batched rollouts, the linear feature baseline and the
+vanilla policy-gradient surrogate (the pieces of MAML-RL, Finn et al. 2017 §5.3).
+
+Pure torch: nothing here imports gymnasium or MuJoCo, and ``import mnemeta`` does not import
+this package.
+"""
+
+from mnemeta.rl import baseline
+from mnemeta.rl.navigation import Navigation2D, sample_goals
+from mnemeta.rl.policy import GaussianMLPPolicy
+from mnemeta.rl.rollout import Trajectories, returns_to_go, rollout
+from mnemeta.rl.vpg import estimate_advantages, normalize_per_task, surrogate, vpg_loss
+
+__all__ = [
+    "GaussianMLPPolicy",
+    "Navigation2D",
+    "Trajectories",
+    "baseline",
+    "estimate_advantages",
+    "normalize_per_task",
+    "returns_to_go",
+    "rollout",
+    "sample_goals",
+    "surrogate",
+    "vpg_loss",
+]

@@ -1,0 +1,126 @@
+"""Batched rollouts: every trajectory of every task of a meta-batch, one tensor step at a time.
+
+The shapes are ``(tasks, trajectories, horizon, ...)`` throughout. A trajectory that reaches
+its goal before the horizon is masked from that step on (``mask`` 0), which is what the
+reference sampler's cutting of the path does (rllab's ``VecEnvExecutor`` ends a path at
+``done``); the baseline, the returns and the loss all skip masked steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from mnemeta.errors import ConfigError
+from mnemeta.rl.navigation import Navigation2D
+from mnemeta.rl.policy import GaussianMLPPolicy, Params
+
+DISCOUNT = 0.99  # γ of maml_rl's BatchMAMLPolopt and of learn2learn's maml_trpo example
+
+
+@dataclass(frozen=True)
+class Trajectories:
+    """A meta-batch of rollouts.
+
+    Attributes:
+        obs: ``(tasks, trajectories, horizon, obs_size)``, the observation each action saw.
+        actions: ``(tasks, trajectories, horizon, action_size)``, the policy's actions before
+            the environment's clip (what ``log_prob`` scores).
+        rewards: ``(tasks, trajectories, horizon)``, the reward of each step (0 where masked).
+        mask: ``(tasks, trajectories, horizon)``, 1 for a step taken before the trajectory
+            ended, 0 after; same dtype as ``rewards``.
+        returns: ``(tasks, trajectories, horizon)``, the discounted returns-to-go
+            ``R_t = Σ_{k ≥ t} γ^{k - t} r_k`` (:func:`returns_to_go`).
+        discount: γ used for ``returns``.
+    """
+
+    obs: Tensor
+    actions: Tensor
+    rewards: Tensor
+    mask: Tensor
+    returns: Tensor
+    discount: float
+
+    @property
+    def tasks(self) -> int:
+        return self.rewards.shape[0]
+
+    @property
+    def horizon(self) -> int:
+        return self.rewards.shape[2]
+
+    def select(self, tasks: slice) -> Trajectories:
+        """The trajectories of some tasks, the task axis kept: ``trajs.select(slice(i, i + 1))``
+        is task ``i`` alone, shaped ``(1, trajectories, horizon, ...)``."""
+        return Trajectories(
+            self.obs[tasks],
+            self.actions[tasks],
+            self.rewards[tasks],
+            self.mask[tasks],
+            self.returns[tasks],
+            self.discount,
+        )
+
+    def undiscounted_return(self) -> Tensor:
+        """``Σ_t r_t`` per trajectory, ``(tasks, trajectories)``: the "average return" that
+        the paper's curves plot, once averaged."""
+        return self.rewards.sum(dim=-1)
+
+
+def returns_to_go(rewards: Tensor, mask: Tensor, discount: float = DISCOUNT) -> Tensor:
+    """``R_t = m_t (r_t + γ R_{t+1})``, ``R_H = 0``, along the last axis: ``(..., H) -> (..., H)``.
+
+    The backward recursion of rllab's ``discount_cumsum`` (scipy's ``lfilter``), step by step
+    so that it rounds as that does; a masked step (after the trajectory ended) has return 0,
+    so it adds nothing to the steps before it.
+    """
+    if not 0.0 <= discount <= 1.0:
+        raise ConfigError(f"discount must be in [0, 1]; got {discount}")
+    returns = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[..., 0])
+    for t in range(rewards.shape[-1] - 1, -1, -1):
+        running = mask[..., t] * (rewards[..., t] + discount * running)
+        returns[..., t] = running
+    return returns
+
+
+@torch.no_grad()
+def rollout(
+    policy: GaussianMLPPolicy,
+    params: Params,
+    env: Navigation2D,
+    goals: Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    discount: float = DISCOUNT,
+) -> Trajectories:
+    """Run ``policy`` at the weights ``params`` in ``env`` for ``env.horizon`` steps, for
+    ``env.envs_per_task`` trajectories of each task in ``goals`` ``(tasks, 2)``.
+
+    ``params`` holds one set of weights for every task (the meta-parameters before
+    adaptation). Actions are drawn with ``generator``, which must live on the goals' device;
+    the same generator state gives the same trajectories. Nothing is differentiable: the loss
+    recomputes ``log π`` from ``obs`` and ``actions`` at whatever weights it needs.
+    """
+    obs = env.reset(goals)
+    all_obs, all_actions, all_rewards, all_mask = [], [], [], []
+    done = env.done
+    for _ in range(env.horizon):
+        actions = policy.sample(params, obs, generator=generator)
+        all_obs.append(obs)
+        all_actions.append(actions)
+        all_mask.append((~done).to(obs.dtype))
+        obs, reward, done = env.step(actions)
+        all_rewards.append(reward)
+    mask = torch.stack(all_mask, dim=2)
+    rewards = torch.stack(all_rewards, dim=2)
+    return Trajectories(
+        obs=torch.stack(all_obs, dim=2),
+        actions=torch.stack(all_actions, dim=2),
+        rewards=rewards,
+        mask=mask,
+        returns=returns_to_go(rewards, mask, discount),
+        discount=discount,
+    )
