@@ -10,7 +10,7 @@ this package.
 from mnemeta.rl import baseline
 from mnemeta.rl.navigation import Navigation2D, sample_goals
 from mnemeta.rl.policy import GaussianMLPPolicy
-from mnemeta.rl.rollout import Trajectories, returns_to_go, rollout
+from mnemeta.rl.rollout import Trajectories, concatenate, returns_to_go, rollout
 from mnemeta.rl.trpo import TrpoStep, conjugate_gradient, trpo_step
 from mnemeta.rl.vpg import estimate_advantages, normalize_per_task, surrogate, vpg_loss
 
@@ -20,6 +20,7 @@ __all__ = [
     "Trajectories",
     "TrpoStep",
     "baseline",
+    "concatenate",
     "conjugate_gradient",
     "estimate_advantages",
     "normalize_per_task",

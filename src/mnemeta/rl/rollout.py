@@ -69,6 +69,21 @@ class Trajectories:
         return self.rewards.sum(dim=-1)
 
 
+def concatenate(parts: list[Trajectories]) -> Trajectories:
+    """The tasks of several :class:`Trajectories` (same trajectories, horizon and γ), in
+    order: e.g. each task's post-update rollouts, run at its own adapted weights."""
+    if not parts or any(p.discount != parts[0].discount for p in parts):
+        raise ConfigError("concatenate needs at least one Trajectories, all with the same discount")
+    return Trajectories(
+        obs=torch.cat([p.obs for p in parts]),
+        actions=torch.cat([p.actions for p in parts]),
+        rewards=torch.cat([p.rewards for p in parts]),
+        mask=torch.cat([p.mask for p in parts]),
+        returns=torch.cat([p.returns for p in parts]),
+        discount=parts[0].discount,
+    )
+
+
 def returns_to_go(rewards: Tensor, mask: Tensor, discount: float = DISCOUNT) -> Tensor:
     """``R_t = m_t (r_t + γ R_{t+1})``, ``R_H = 0``, along the last axis: ``(..., H) -> (..., H)``.
 
