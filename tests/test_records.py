@@ -25,7 +25,9 @@ README = REPO / "README.md"
 
 # A figure as printed: digits with optional thousands separators ("19,280") and decimals.
 # Not part of a word or of a longer number on either side ("5w1s", "10⁶", "v2.1" stay out).
-NUMBER = re.compile(r"(?<![\w.,])(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?(?![\w]|,\d{3})")
+# A minus sign (U+2212, or "-") counts when it stands right before the digits and after no word
+# character: "−11.97" is negative, the "-" of "20-40" is a range.
+NUMBER = re.compile(r"(?<![\w.,])([\u2212-](?=\d))?(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?(?![\w]|,\d{3})")
 ISO_DATE = re.compile(r"\b\d{4}-\d{2}-\d{2}\b")
 CSV_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 
@@ -46,11 +48,12 @@ def figures(text: str) -> list[Figure]:
     """The numbers printed in ``text``, in order."""
     out = []
     for m in NUMBER.finditer(text):
-        whole, fraction = m.group(1), m.group(2) or ""
+        sign, whole, fraction = m.group(1) or "", m.group(2), m.group(3) or ""
+        value = float(whole.replace(",", "") + fraction)
         out.append(
             Figure(
-                whole + fraction,
-                float(whole.replace(",", "") + fraction),
+                sign + whole + fraction,
+                -value if sign else value,
                 len(fraction) - 1 if fraction else 0,
             )
         )
@@ -133,6 +136,18 @@ def test_figures_reads_separators_decimals_and_skips_words() -> None:
         ("0.56", 0.56, 2),
         ("0.994", 0.994, 3),
     ]
+
+
+def test_a_minus_sign_counts_and_a_range_is_no_sign() -> None:
+    parsed = figures("**\u221211.97 ± 2.96**, -0.49; 20-40 steps")
+    assert [(f.text, f.value) for f in parsed] == [
+        ("\u221211.97", -11.97),
+        ("2.96", 2.96),
+        ("-0.49", -0.49),
+        ("20", 20.0),
+        ("40", 40.0),
+    ]
+    assert parsed[0].matches(-11.966) and not parsed[0].matches(11.966)
 
 
 def test_a_figure_matches_only_at_its_printed_precision() -> None:
