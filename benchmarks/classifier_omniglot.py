@@ -28,37 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
 
-from common import header
+from common import MemoEncoder, header
 from mnemeta.classifier import CheckpointEncoder, FewShotClassifier
 from mnemeta.stats import mean_ci95
 
 STEPS = (20, 50, 100, 200, 400, 659)
 SHOTS = (1, 5)
-
-
-class CachedImages:
-    """The checkpoint's encoder with each file's embedding computed once (same identity)."""
-
-    modality = "images"
-
-    def __init__(self, checkpoint: Path) -> None:
-        self.real = CheckpointEncoder(checkpoint)
-        self.dim = self.real.dim
-        self.table: dict[str, Tensor] = {}
-
-    def identity(self) -> dict[str, Any]:
-        return self.real.identity()
-
-    def spec(self) -> str:
-        return self.real.spec()
-
-    def encode(self, items: list[Any], *, progress: bool = False) -> Tensor:
-        todo = sorted({str(i) for i in items} - self.table.keys())
-        if todo:
-            self.table.update(zip(todo, self.real.encode(todo), strict=True))
-        return torch.stack([self.table[str(i)] for i in items])
 
 
 def summary(values: list[float]) -> dict[str, float]:
@@ -67,7 +43,7 @@ def summary(values: list[float]) -> dict[str, float]:
 
 
 def one_run(
-    characters: dict[str, list[str]], enc: CachedImages, k: int, seed: int, work: Path
+    characters: dict[str, list[str]], enc: MemoEncoder, k: int, seed: int, work: Path
 ) -> dict[str, float]:
     rng = random.Random(seed)
     order = sorted(characters)
@@ -119,7 +95,7 @@ def main() -> None:
     }
     if len(characters) != 659:
         raise SystemExit(f"expected 659 characters under {args.images}, found {len(characters)}")
-    enc = CachedImages(args.checkpoint)
+    enc = MemoEncoder(CheckpointEncoder(args.checkpoint))
     t0 = time.perf_counter()
     enc.encode([f for files in characters.values() for f in files])
     encode_s = time.perf_counter() - t0

@@ -245,17 +245,7 @@ def meta_step(
     pre_return = float(pre.undiscounted_return().mean())
     if adapt:
         fast = inner_step(policy, params, pre, pre_adv, lr=lr, first_order=True)
-        post_trajs = [
-            rollout(
-                policy,
-                {k: w.detach() for k, w in fast[i].items()},
-                env,
-                goals[i : i + 1],
-                generator=gen,
-            )
-            for i in range(meta_batch)
-        ]
-        post = concatenate(post_trajs)
+        post = concatenate(post_update_rollouts(policy, fast, env, goals, generator=gen))
         post_adv = estimate_advantages(post)
         post_return = float(post.undiscounted_return().mean())
         loss_fn, kl_fn = meta_objective(
@@ -268,6 +258,28 @@ def meta_step(
     return new, MetaStepMetrics(
         pre_return, post_return, step.kl, step.loss_before, step.loss_after, step.step_fraction
     )
+
+
+def post_update_rollouts(
+    policy: GaussianMLPPolicy,
+    fast: list[Params],
+    env: Navigation2D,
+    goals: Tensor,
+    *,
+    generator: torch.Generator,
+) -> list[Trajectories]:
+    """Each task's rollouts at its own fast weights θ'_i (detached), in task order, drawing from
+    ``generator`` task after task."""
+    return [
+        rollout(
+            policy,
+            {k: w.detach() for k, w in weights.items()},
+            env,
+            goals[i : i + 1],
+            generator=generator,
+        )
+        for i, weights in enumerate(fast)
+    ]
 
 
 def adapt_and_evaluate(
@@ -287,15 +299,7 @@ def adapt_and_evaluate(
     adv = estimate_advantages(pre)
     fast = inner_step(policy, params, pre, adv, lr=lr, first_order=True)
     after = [
-        rollout(
-            policy,
-            {k: w.detach() for k, w in fast[i].items()},
-            env,
-            goals[i : i + 1],
-            generator=generator,
-        )
-        .undiscounted_return()
-        .mean()
-        for i in range(goals.shape[0])
+        t.undiscounted_return().mean()
+        for t in post_update_rollouts(policy, fast, env, goals, generator=generator)
     ]
     return pre.undiscounted_return().mean(dim=1), torch.stack(after)

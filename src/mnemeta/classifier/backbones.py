@@ -19,7 +19,6 @@ tests skip unless both are importable.)
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from mnemeta.classifier.encoders import read_image, state_digest
 from mnemeta.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -63,7 +63,7 @@ class BackboneEncoder:
         self.std = torch.tensor(std).view(1, 3, 1, 1)
         with torch.no_grad():
             self.dim = int(self.network(torch.zeros(1, 3, *size)).flatten(1).shape[1])
-        self._digest = _digest(self.network)
+        self._digest = state_digest(self.network.state_dict())
 
     @classmethod
     def from_spec(cls, spec: str) -> BackboneEncoder:
@@ -90,8 +90,6 @@ class BackboneEncoder:
 
     @torch.no_grad()
     def encode(self, items: Sequence[Any], *, progress: bool = False) -> Tensor:
-        from mnemeta.classifier.encoders import read_image
-
         out = []
         starts: Any = range(0, len(items), 64)
         if progress:
@@ -173,11 +171,3 @@ def _load_weights(network: nn.Module, path: Path, what: str) -> None:
             f"{path} does not fit {what}: {len(missing)} weights missing (first: {missing[0]}); "
             "pass the weights of that architecture"
         )
-
-
-def _digest(network: nn.Module) -> str:
-    h = hashlib.sha256()
-    for key, tensor in sorted(network.state_dict().items()):
-        h.update(key.encode())
-        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data)
-    return h.hexdigest()[:16]

@@ -417,7 +417,9 @@ class FewShotClassifier:
             )
         names = [table.check_label(label, f"example {i + 1}") for i, label in enumerate(labels)]
         z = self.encoder.encode(items, progress=progress)
-        return self.add_embeddings(z, items, names, confirmed=confirmed, recalibrate=recalibrate)
+        return self._add_checked(
+            z, [str(i) for i in items], names, confirmed=confirmed, recalibrate=recalibrate
+        )
 
     def add_embeddings(
         self,
@@ -442,6 +444,18 @@ class FewShotClassifier:
             )
         if len(names) != len(items):
             raise DataError(f"{len(items)} items but {len(names)} labels; one label per item")
+        return self._add_checked(z, items, names, confirmed=confirmed, recalibrate=recalibrate)
+
+    def _add_checked(
+        self,
+        z: Tensor,
+        items: list[str],
+        names: list[str],
+        *,
+        confirmed: bool,
+        recalibrate: bool,
+    ) -> dict[str, int]:
+        """Commit checked examples: ``z`` ``(N, dim)``, one item and one stored label each."""
         self.refresh()
         for _ in range(5):
             state = self._state

@@ -18,7 +18,6 @@ differs, since embeddings of two models are not comparable.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mnemeta.data.cache import content_digest
 from mnemeta.errors import ConfigError, DataError
 
 #: File endings read as images (case-insensitive).
@@ -116,7 +116,7 @@ class CheckpointEncoder:
         with torch.no_grad():
             probe = torch.zeros(1, *shape)
             self.dim = int(self.network(probe).flatten(1).shape[1])
-        self._weights = _state_digest(self.network.state_dict())
+        self._weights = state_digest(self.network.state_dict())
 
     def identity(self) -> dict[str, Any]:
         colour = "grey" if self.channels == 1 else "RGB"
@@ -200,10 +200,6 @@ def open_encoder(spec: str, *, device: str | None = None) -> Encoder:
     return TextEncoder(spec, device=device)
 
 
-def _state_digest(state: dict[str, Tensor]) -> str:
-    """16 hex digits of SHA-256 over a state dict's names and bytes."""
-    h = hashlib.sha256()
-    for key, tensor in sorted(state.items()):
-        h.update(key.encode())
-        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data)
-    return h.hexdigest()[:16]
+def state_digest(state: dict[str, Tensor]) -> str:
+    """16 hex digits of SHA-256 over a state dict's names and tensors (the weights' identity)."""
+    return content_digest(state, sorted(state))[:16]

@@ -131,15 +131,18 @@ class Records:
             return ids, blobs
 
         ids, blobs = self.retry(read, "reading embeddings")
+        return np.asarray(ids, dtype=np.int64), self._vectors(blobs)
+
+    def _vectors(self, blobs: list[bytes]) -> np.ndarray:
+        """Raw embedding blobs -> float32 ``(N, D)``, after checking their size."""
         data = b"".join(blobs)
-        if len(data) != 4 * self.dim * len(ids):
+        if len(data) != 4 * self.dim * len(blobs):
             raise StoreError(
                 f"{self.db} holds embeddings whose size is not dim {self.dim}: the store is "
                 "damaged; restore it from a copy made by `mnemeta memory export`"
             )
-        vecs = np.frombuffer(data, dtype="<f4").reshape(len(ids), self.dim)
-        vecs = vecs.astype(np.float32, copy=False)  # a no-op on little-endian machines
-        return np.asarray(ids, dtype=np.int64), vecs
+        vecs = np.frombuffer(data, dtype="<f4").reshape(len(blobs), self.dim)
+        return vecs.astype(np.float32, copy=False)  # a no-op on little-endian machines
 
     def records_after(self, after: int) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
         """Ids ``(N,)``, raw embeddings ``(N, D)`` and infos of the rows with id > ``after``."""
@@ -159,13 +162,7 @@ class Records:
             return ids, blobs, infos
 
         ids, blobs, infos = self.retry(read, "reading records")
-        data = b"".join(blobs)
-        if len(data) != 4 * self.dim * len(ids):
-            raise StoreError(
-                f"{self.db} holds embeddings whose size is not dim {self.dim}: the store is "
-                "damaged; restore it from a copy made by `mnemeta memory export`"
-            )
-        vecs = np.frombuffer(data, dtype="<f4").reshape(len(ids), self.dim).astype(np.float32)
+        vecs = self._vectors(blobs).copy()  # writable: the handle hands it to torch
         return np.asarray(ids, dtype=np.int64), vecs, [json.loads(i) for i in infos]
 
     # ------------------------------------------------------------------ application state
