@@ -41,7 +41,8 @@ import torch
 from torch import Tensor
 
 from mnemeta.algorithms.inner_optim import Params, apply_updates, sgd
-from mnemeta.rl.navigation import Navigation2D, sample_goals
+from mnemeta.algorithms.meta_rl import iteration_generator
+from mnemeta.rl.environment import TaskEnvironment
 from mnemeta.rl.policy import GaussianMLPPolicy
 from mnemeta.rl.rollout import Trajectories, concatenate, rollout
 from mnemeta.rl.trpo import trpo_step
@@ -202,16 +203,10 @@ class MetaStepMetrics:
     step_fraction: float
 
 
-def iteration_generator(seed: int, iteration: int) -> torch.Generator:
-    """The CPU generator of meta-iteration ``iteration`` of a run seeded ``seed``: goals, then
-    the pre-update and the post-update actions, drawn from it in that order."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + iteration)
-
-
 def meta_step(
     policy: GaussianMLPPolicy,
     params: Params,
-    env: Navigation2D,
+    env: TaskEnvironment,
     *,
     seed: int,
     iteration: int,
@@ -239,7 +234,7 @@ def meta_step(
     gen = iteration_generator(seed, iteration)
     params = {k: w.detach() for k, w in params.items()}
     dtype = next(iter(params.values())).dtype
-    goals = sample_goals(meta_batch, generator=gen, dtype=dtype)
+    goals = env.sample_tasks(meta_batch, generator=gen, dtype=dtype)
     pre = rollout(policy, params, env, goals, generator=gen)
     pre_adv = estimate_advantages(pre)
     pre_return = float(pre.undiscounted_return().mean())
@@ -263,7 +258,7 @@ def meta_step(
 def post_update_rollouts(
     policy: GaussianMLPPolicy,
     fast: list[Params],
-    env: Navigation2D,
+    env: TaskEnvironment,
     goals: Tensor,
     *,
     generator: torch.Generator,
@@ -285,7 +280,7 @@ def post_update_rollouts(
 def adapt_and_evaluate(
     policy: GaussianMLPPolicy,
     params: Params,
-    env: Navigation2D,
+    env: TaskEnvironment,
     goals: Tensor,
     *,
     generator: torch.Generator,

@@ -105,12 +105,20 @@ class Navigation2D:
         self.reward, self.action_scale = reward, action_scale
         self.observation_size = self.action_size = 2
         self.goals: Tensor | None = None
+        self.success: Tensor | None = None  # no success criterion beyond the return
         self.position = torch.zeros(0)
         self.done = torch.zeros(0, dtype=torch.bool)
         self.t = 0
 
-    def reset(self, goals: Tensor) -> Tensor:
-        """Start every trajectory of every task at the origin.
+    def sample_tasks(
+        self, n: int, *, generator: torch.Generator, dtype: torch.dtype = torch.float32
+    ) -> Tensor:
+        """``n`` goals (:func:`sample_goals`), the tasks of this family: ``(n, 2)``."""
+        return sample_goals(n, generator=generator, dtype=dtype)
+
+    def reset(self, goals: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+        """Start every trajectory of every task at the origin (deterministic: ``generator`` is
+        not drawn from, it is there for :class:`~mnemeta.rl.environment.TaskEnvironment`).
 
         Args:
             goals: ``(tasks, 2)``, one goal per task (:func:`sample_goals`); the state takes its

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from mnemeta.errors import ConfigError
-from mnemeta.rl.navigation import Navigation2D
+from mnemeta.rl.environment import TaskEnvironment
 from mnemeta.rl.policy import GaussianMLPPolicy, Params
 
 DISCOUNT = 0.99  # γ of maml_rl's BatchMAMLPolopt and of learn2learn's maml_trpo example
@@ -105,23 +105,24 @@ def returns_to_go(rewards: Tensor, mask: Tensor, discount: float = DISCOUNT) -> 
 def rollout(
     policy: GaussianMLPPolicy,
     params: Params,
-    env: Navigation2D,
-    goals: Tensor,
+    env: TaskEnvironment,
+    tasks: Tensor,
     *,
     generator: torch.Generator | None = None,
     discount: float = DISCOUNT,
 ) -> Trajectories:
     """Run ``policy`` at the weights ``params`` in ``env`` for ``env.horizon`` steps, for
-    ``env.envs_per_task`` trajectories of each task in ``goals`` ``(tasks, 2)``.
+    ``env.envs_per_task`` trajectories of each task in ``tasks`` (``env.sample_tasks``; for
+    2D navigation the goals ``(tasks, 2)``).
 
     ``params`` holds one set of weights for every task (the meta-parameters before
-    adaptation). Actions are drawn with ``generator``, which must live on the goals' device;
+    adaptation). Actions are drawn with ``generator``, which must live on the tasks' device;
     the same generator state gives the same trajectories. Nothing is differentiable: the loss
     recomputes ``log π`` from ``obs`` and ``actions`` at whatever weights it needs.
     """
-    obs = env.reset(goals)
+    obs = env.reset(tasks, generator=generator)
     all_obs, all_actions, all_rewards, all_mask = [], [], [], []
-    done = env.done
+    done = torch.zeros(obs.shape[:2], dtype=torch.bool, device=obs.device)
     for _ in range(env.horizon):
         actions = policy.sample(params, obs, generator=generator)
         all_obs.append(obs)
