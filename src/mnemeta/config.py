@@ -61,6 +61,22 @@ class SequenceConfig:
 
 
 @dataclass
+class RLConfig:
+    """The meta-RL task families (``data.dataset`` names one: ``mnemeta list``)."""
+
+    # K: trajectories of each task per update, run side by side (the paper: 20 for 2D
+    # navigation, 20 for HalfCheetah; RL²: parallel trials of each task).
+    trajectories: int = checked(20, ge=1)
+    horizon: int = checked(100, ge=1)  # H: 100 for 2D navigation, 200 for HalfCheetah and ML1
+    discount: float = checked(0.99, ge=0, le=1)  # γ of maml_rl and of learn2learn's examples
+    # navigation2d: -distance (the reference code) or -distance² (the paper's text).
+    reward: str = checked("distance", choices=("distance", "squared_distance"))
+    # navigation2d: displacement = clip(action_scale * action, ±0.1); 0.1 is maml_rl's runs.
+    action_scale: float = checked(1.0, gt=0)
+    task: str = "reach-v3"  # metaworld_ml1: the ML1 task (reach-v3, push-v3, pick-place-v3)
+
+
+@dataclass
 class TrainConfig:
     split: str = "trainval"  # the classes meta-training draws from
     ways: int = checked(60, ge=2)  # Snell et al.: more ways in training than in testing helps
@@ -129,6 +145,7 @@ class Config:
     # The backbone's own dataclass, chosen by model.backbone; None for learners without one.
     backbone: Any = field(default_factory=_default_backbone)
     sequence: SequenceConfig = field(default_factory=SequenceConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 

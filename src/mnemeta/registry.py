@@ -89,8 +89,10 @@ class LearnerSpec(Entry):
     Attributes:
         build: ``build(config, context) -> nn.Module``, the learner (a MetaLearner for the
             episodic recipe, a sequence network for the sequence recipe).
-        recipe: the loop that trains it: ``"episodic"`` (recipes/meta_train.py) or
-            ``"sequence"`` (recipes/sequence_train.py).
+        recipe: the loop that trains it: ``"episodic"`` (recipes/meta_train.py),
+            ``"sequence"`` (recipes/sequence_train.py) or ``"rl"`` (recipes/rl_train.py; the
+            learner is a :class:`~mnemeta.algorithms.meta_rl.MetaRLLearner`, built with
+            ``input_shape = (observation_size,)`` and ``outputs = action_size``).
         fixed_ways: it has an output layer of fixed width, so it trains and tests with the
             same number of ways.
         backbone: it takes a backbone (``model.backbone`` and the ``[backbone]`` section).
@@ -121,10 +123,13 @@ class BackboneSpec(Entry):
 @dataclass(frozen=True)
 class DatasetSpec(Entry):
     """A data set: ``load(data_config, progress) -> {split name: data}``. ``kind`` is
-    ``"classes"`` (images grouped by class, for episodes) or ``"sequences"`` (generated)."""
+    ``"classes"`` (images grouped by class, for episodes), ``"sequences"`` (generated) or
+    ``"environment"``: a family of RL tasks, built by ``environment(rl_config, device)`` as a
+    :class:`~mnemeta.rl.environment.TaskEnvironment` (``load`` is unused)."""
 
     load: Callable[..., Any] | None = None
     kind: str = "classes"
+    environment: Callable[..., Any] | None = None
 
 
 @dataclass(frozen=True)

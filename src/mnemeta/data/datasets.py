@@ -192,3 +192,23 @@ DATASETS.register(
         load=_text_file,
     )
 )
+
+
+def _navigation2d(cfg: Any, device: Any) -> Any:
+    from mnemeta.rl.navigation import Navigation2D
+
+    return Navigation2D(
+        cfg.trajectories, horizon=cfg.horizon, reward=cfg.reward, action_scale=cfg.action_scale
+    )
+
+
+DATASETS.register(
+    DatasetSpec(
+        "navigation2d",
+        DataConfig,
+        "2D navigation (Finn et al. 2017 §5.3): a point reaches a goal in [-0.5, 0.5]², batched "
+        "in torch ([rl] section)",
+        kind="environment",
+        environment=_navigation2d,
+    )
+)
