@@ -142,7 +142,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--episodes",
         type=_at_least(1, "a positive integer"),
-        help="test episodes (default: the run's eval.episodes, 1000 in the presets)",
+        help="test episodes (default: the run's eval.episodes, 1000 in the presets); for a "
+        "meta-RL checkpoint, the held-out tasks",
     )
     p.add_argument(
         "--ways",
@@ -243,6 +244,13 @@ def _train(args: argparse.Namespace) -> int:
     from mnemeta.recipes.build import learner_spec
 
     run = config
+    if learner_spec(run).recipe == "rl":
+        from mnemeta.recipes.rl_train import rl_train
+
+        rl_train(run, resume=resume, progress=args.progress, overwrite=args.overwrite)
+        print((run.run_dir / "result.md").read_text().strip())
+        print(f"results, checkpoint, curves and plots: {run.run_dir}/")
+        return 0
     if learner_spec(run).recipe == "sequence":
         from mnemeta.recipes.sequence_train import sequence_train
 
@@ -298,6 +306,30 @@ def _evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         out=args.out,
     )
+    from mnemeta.recipes.rl_evaluate import is_rl_checkpoint
+
+    if is_rl_checkpoint(args.checkpoint):
+        from mnemeta.recipes.rl_evaluate import evaluate_rl_checkpoint
+
+        text, out = evaluate_rl_checkpoint(
+            args.checkpoint,
+            tasks=args.episodes,
+            seed=args.seed,
+            device=args.device,
+            out=args.out,
+            unsupported={
+                "--ways": args.ways,
+                "--shots": args.shots,
+                "--queries": args.queries,
+                "--split": args.split,
+                "--batch-size": args.batch_size,
+                "--memory": args.memory,
+                "--data": args.data,
+            },
+        )
+        print(text)
+        print(f"written to {out}")
+        return 0
     if args.memory:
         from mnemeta.recipes.evaluate_with_memory import evaluate_with_memory
 
@@ -321,7 +353,10 @@ def _list(args: argparse.Namespace) -> int:
     print("presets (mnemeta train NAME):")
     for name in preset_names():
         c = load_config(name)
-        if LEARNERS.get(c.model.algorithm).recipe == "sequence":
+        recipe = LEARNERS.get(c.model.algorithm).recipe
+        if recipe == "rl":
+            task = f"{c.eval.episodes} held-out tasks"
+        elif recipe == "sequence":
             task = (
                 f"copy, lengths {c.sequence.min_length}-{c.sequence.max_length}"
                 if c.data.dataset == "copy"

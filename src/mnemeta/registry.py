@@ -69,12 +69,15 @@ class BuildContext:
             the statistics of each task's batch and no running statistics (the MAML paper's
             choice), ``False`` keeps running statistics for evaluation (metric learners).
             ``None`` for learners that take no backbone.
+        discount: the RL learners' γ (``[rl] discount``): the environment's, not the
+            learner's, so it lives in ``[rl]``.
     """
 
     input_shape: tuple[int, ...]
     outputs: int = 0
     backbone: Callable[..., Any] | None = None
     classes: int = 0
+    discount: float = 0.99
 
     def build_backbone(self, *, per_task_statistics: bool) -> Any:
         if self.backbone is None:

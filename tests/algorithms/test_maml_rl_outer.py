@@ -7,6 +7,7 @@ import math
 import torch
 
 from mnemeta.algorithms.maml_rl import (
+    adapt_and_evaluate,
     gaussian_kl,
     inner_step,
     iteration_generator,
@@ -16,7 +17,6 @@ from mnemeta.algorithms.maml_rl import (
 from mnemeta.rl import (
     GaussianMLPPolicy,
     Navigation2D,
-    concatenate,
     estimate_advantages,
     rollout,
     sample_goals,
@@ -40,11 +40,10 @@ def _samples(policy: GaussianMLPPolicy, theta, env):
     pre = rollout(policy, theta, env, goals, generator=gen)
     pre_adv = estimate_advantages(pre)
     fast = inner_step(policy, theta, pre, pre_adv, lr=0.5, first_order=True)
-    posts = [
-        rollout(policy, {k: w.detach() for k, w in f.items()}, env, goals[i : i + 1], generator=gen)
-        for i, f in enumerate(fast)
-    ]
-    post = concatenate(posts)
+    # Every task at its own θ'_i, stepping together (one draw of noise per step for the batch).
+    post = rollout(
+        policy, [{k: w.detach() for k, w in f.items()} for f in fast], env, goals, generator=gen
+    )
     return pre, pre_adv, post, estimate_advantages(post)
 
 
@@ -130,3 +129,62 @@ def test_joint_step_without_adaptation() -> None:
     assert math.isnan(m.post_return)
     assert 0 <= m.kl <= 0.01
     assert set(new) == set(theta)
+
+
+def test_ppo_outer_step_follows_the_meta_gradient_and_clips() -> None:
+    from mnemeta.algorithms.maml_rl import ppo_meta_step
+
+    policy, env = _policy(), Navigation2D(TRAJS, horizon=HORIZON)
+    theta = _theta(policy)
+    pre, pre_adv, post, post_adv = _samples(policy, theta, env)
+    loss_fn, _ = meta_objective(policy, theta, pre, pre_adv, post, post_adv, lr=0.5)
+    leaves = {k: w.clone().requires_grad_() for k, w in theta.items()}
+    meta_grad = torch.autograd.grad(loss_fn(leaves), list(leaves.values()))
+    # One plain SGD epoch of the PPO step: at θ_old every ratio is 1, the clip is inactive, so
+    # the step is -lr x the (second-order) meta-gradient of the TRPO objective, on the same data.
+    sgd = torch.optim.SGD(policy.parameters(), lr=1e-3)
+    m = ppo_meta_step(
+        policy, sgd, env, seed=0, iteration=0, meta_batch=TASKS, lr=0.5, clip=0.2, epochs=1
+    )
+    for (name, w), g in zip(policy.named_parameters(), meta_grad, strict=True):
+        torch.testing.assert_close(w.detach(), theta[name] - 1e-3 * g, rtol=0, atol=1e-12)
+    with torch.no_grad():
+        assert abs(m.loss_before - float(loss_fn(theta))) < 1e-12
+    # Many large steps push ratios past the clip, which then caps the gain of those steps.
+    policy2 = _policy()
+    adam = torch.optim.Adam(policy2.parameters(), lr=0.05)
+    m2 = ppo_meta_step(
+        policy2, adam, env, seed=0, iteration=0, meta_batch=TASKS, lr=0.5, clip=0.1, epochs=8
+    )
+    assert m2.loss_after < m2.loss_before
+    assert 0 < m2.step_fraction <= 1  # some post-update steps left [0.9, 1.1]
+    assert m2.kl > 0
+
+
+def test_adapt_and_evaluate_takes_steps_from_the_weights_each_step_reached() -> None:
+    policy, env = _policy(), Navigation2D(TRAJS, horizon=HORIZON)
+    theta = _theta(policy)
+    goals = sample_goals(TASKS, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    out = adapt_and_evaluate(
+        policy, theta, env, goals, generator=torch.Generator().manual_seed(6), lr=0.5, steps=2
+    )
+    assert list(out) == ["before", "after_1", "after_2"]  # no success columns for navigation
+    # By hand: the same generator, stage after stage.
+    gen = torch.Generator().manual_seed(6)
+    pre = rollout(policy, theta, env, goals, generator=gen)
+    fast = inner_step(policy, theta, pre, estimate_advantages(pre), lr=0.5, first_order=True)
+    post = rollout(policy, fast, env, goals, generator=gen)
+    second = [
+        inner_step(
+            policy,
+            f,
+            post.select(slice(i, i + 1)),
+            estimate_advantages(post)[i : i + 1],
+            lr=0.5,
+            first_order=True,
+        )[0]
+        for i, f in enumerate(fast)
+    ]
+    last = rollout(policy, second, env, goals, generator=gen)
+    for name, trajs in (("before", pre), ("after_1", post), ("after_2", last)):
+        torch.testing.assert_close(out[name], trajs.undiscounted_return().mean(dim=1))

@@ -45,3 +45,12 @@ ONE_SHOT = [
     "eval.episodes=12",
     "eval.batch_size=5",
 ]
+#: maml_rl_navigation2d (and rl2_navigation2d's [rl] part): 2 tasks x 3 trajectories of 10 steps.
+NAVIGATION = [
+    "rl.trajectories=3",
+    "rl.horizon=10",
+    "train.meta_batch=2",
+    "train.log_every=1",
+    "train.checkpoint_every=2",
+    "eval.episodes=3",
+]

@@ -125,3 +125,20 @@ def test_returns_to_go_against_a_hand_loop() -> None:
                     for k in range(t, 6)
                 )
     torch.testing.assert_close(returns_to_go(rewards, mask, gamma), expected)
+
+
+def test_rollout_with_one_set_of_weights_per_task_steps_them_together() -> None:
+    policy, env = _policy(hidden=(8,)), Navigation2D(3, horizon=6)
+    theta = {k: w.detach() for k, w in policy.params().items()}
+    goals = sample_goals(2, generator=torch.Generator().manual_seed(1), dtype=DT)
+    shared = rollout(policy, theta, env, goals, generator=torch.Generator().manual_seed(2))
+    # The same weights given once per task: the same draws, the same trajectories (to
+    # rounding: a one-task matmul may round differently from the batched one).
+    listed = rollout(policy, [theta, theta], env, goals, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(listed.actions, shared.actions, rtol=0, atol=1e-12)
+    torch.testing.assert_close(listed.rewards, shared.rewards, rtol=0, atol=1e-12)
+    # Another task's weights change that task's actions only.
+    moved = {k: (w + 0.5 if k == "mean.layers.2.bias" else w) for k, w in theta.items()}
+    mixed = rollout(policy, [theta, moved], env, goals, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(mixed.actions[0], shared.actions[0], rtol=0, atol=1e-12)
+    assert not torch.allclose(mixed.actions[1], shared.actions[1])

@@ -4,6 +4,7 @@ importing this package imports them all."""
 
 from mnemeta.algorithms.baseline_pp import BaselinePP
 from mnemeta.algorithms.maml import MAML, Classifier, MAMLConfig
+from mnemeta.algorithms.maml_rl import MAMLRL
 from mnemeta.algorithms.mann import MemoryAugmentedNetwork
 from mnemeta.algorithms.matching import MatchingNet
 from mnemeta.algorithms.meta_memory import MetaMemoryNet
@@ -16,6 +17,7 @@ from mnemeta.algorithms.task_memory_adapt import MemoryAugmentedAdaptation
 
 __all__ = [
     "MAML",
+    "MAMLRL",
     "BaselinePP",
     "Classifier",
     "MAMLConfig",

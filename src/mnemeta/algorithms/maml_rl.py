@@ -29,22 +29,26 @@ code optimises (``cbfinn/maml_rl`` at 725c800, ``sandbox/rocky/tf/algos/maml_npo
   first-order optimiser; here ``adapt=False`` keeps the TRPO step (the ratio surrogate and the
   KL at θ itself on the pre-update paths), so that the two arms differ only in the inner step.
 
-The module is not imported by :mod:`mnemeta.algorithms`: it registers no learner yet.
+:class:`MAMLRL` wraps these as the registry's ``maml_rl`` learner (``recipe = "rl"``), with a
+PPO-style outer step (:func:`ppo_meta_step`) as the alternative to TRPO.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from mnemeta.algorithms.inner_optim import Params, apply_updates, sgd
 from mnemeta.algorithms.meta_rl import iteration_generator
+from mnemeta.checks import checked
+from mnemeta.registry import LEARNERS, BuildContext, LearnerConfig, LearnerSpec
 from mnemeta.rl.environment import TaskEnvironment
 from mnemeta.rl.policy import GaussianMLPPolicy
-from mnemeta.rl.rollout import Trajectories, concatenate, rollout
+from mnemeta.rl.rollout import DISCOUNT, Trajectories, rollout
 from mnemeta.rl.trpo import trpo_step
 from mnemeta.rl.vpg import estimate_advantages, vpg_loss
 
@@ -120,8 +124,12 @@ def meta_objective(
     *,
     lr: float | Tensor | Params = INNER_LR,
     first_order: bool = False,
+    clip: float | None = None,
 ) -> tuple[Callable[[Params], Tensor], Callable[[Params], Tensor]]:
     """``(loss_fn, kl_fn)`` of maml_rl's outer TRPO step (see the module), at ``params`` = θ_old.
+
+    With ``clip`` = ε the surrogate is PPO's pessimistic one, ``min(r A', clip(r, 1 - ε, 1 + ε)
+    A')`` per step (Schulman et al. 2017, eq. 7), for the PPO-style outer step.
 
     ``loss_fn(θ)`` = ``-mean_i [Σ m exp(log π_{θ'_i(θ)} - log π_old) A'_i / Σ m]`` over the
     post-update trajectories ``post`` of task ``i``, with θ'_i(θ) the inner step of ``pre``;
@@ -151,7 +159,11 @@ def meta_objective(
         for i, f in enumerate(fast(theta)):
             obs, act = post.obs[i : i + 1], post.actions[i : i + 1]
             ratio = torch.exp(policy.log_prob(f, obs, act) - old_logp[i : i + 1])
-            per_task.append(-(ratio * post_advantages[i : i + 1] * mask[i : i + 1]).sum())
+            adv = post_advantages[i : i + 1]
+            gain = ratio * adv
+            if clip is not None:
+                gain = torch.minimum(gain, ratio.clamp(1 - clip, 1 + clip) * adv)
+            per_task.append(-(gain * mask[i : i + 1]).sum())
         return (torch.stack(per_task) / steps).mean()
 
     def kl_fn(theta: Params) -> Tensor:
@@ -200,7 +212,43 @@ class MetaStepMetrics:
     kl: float  # the accepted step's mean KL (0 when the line search kept θ)
     loss_before: float
     loss_after: float
-    step_fraction: float
+    step_fraction: float  # TRPO: the line search's accepted fraction; PPO: the clipped fraction
+
+
+@dataclass(frozen=True)
+class _Sampled:
+    """One meta-iteration's data: the rollouts before and after the inner step."""
+
+    pre: Trajectories
+    pre_advantages: Tensor
+    post: Trajectories | None
+    post_advantages: Tensor | None
+
+
+def _sample_iteration(
+    policy: GaussianMLPPolicy,
+    params: Params,
+    env: TaskEnvironment,
+    *,
+    seed: int,
+    iteration: int,
+    meta_batch: int,
+    lr: float | Tensor | Params,
+    adapt: bool,
+    discount: float,
+) -> _Sampled:
+    """Tasks, pre-update rollouts at θ and (``adapt``) post-update rollouts at each θ'_i, all
+    drawn from :func:`iteration_generator` in that order."""
+    gen = iteration_generator(seed, iteration)
+    dtype = next(iter(params.values())).dtype
+    tasks = env.sample_tasks(meta_batch, generator=gen, dtype=dtype)
+    pre = rollout(policy, params, env, tasks, generator=gen, discount=discount)
+    pre_adv = estimate_advantages(pre)
+    if not adapt:
+        return _Sampled(pre, pre_adv, None, None)
+    fast = inner_step(policy, params, pre, pre_adv, lr=lr, first_order=True)
+    post = post_update_rollouts(policy, fast, env, tasks, generator=gen, discount=discount)
+    return _Sampled(pre, pre_adv, post, estimate_advantages(post))
 
 
 def meta_step(
@@ -215,6 +263,7 @@ def meta_step(
     max_kl: float = 0.01,
     first_order: bool = False,
     adapt: bool = True,
+    discount: float = DISCOUNT,
 ) -> tuple[Params, MetaStepMetrics]:
     """One meta-iteration of MAML-RL with a TRPO outer step (see the module).
 
@@ -222,7 +271,7 @@ def meta_step(
         params: θ (detached weights; e.g. ``{k: w.detach() for k, w in policy.params().items()}``).
         env: the batched environment; ``env.envs_per_task`` is K, the trajectories per task for
             the inner step and again for the outer step.
-        seed / iteration: the draw of goals and actions (:func:`iteration_generator`).
+        seed / iteration: the draw of tasks and actions (:func:`iteration_generator`).
         meta_batch: tasks per iteration (the paper: 20 for 2D navigation).
         lr: the inner step size α; ``max_kl``: TRPO's δ.
         first_order: detach the inner gradient (FOMAML's meta-gradient).
@@ -231,70 +280,331 @@ def meta_step(
 
     Returns the new θ (detached) and :class:`MetaStepMetrics`.
     """
-    gen = iteration_generator(seed, iteration)
     params = {k: w.detach() for k, w in params.items()}
-    dtype = next(iter(params.values())).dtype
-    goals = env.sample_tasks(meta_batch, generator=gen, dtype=dtype)
-    pre = rollout(policy, params, env, goals, generator=gen)
-    pre_adv = estimate_advantages(pre)
-    pre_return = float(pre.undiscounted_return().mean())
-    if adapt:
-        fast = inner_step(policy, params, pre, pre_adv, lr=lr, first_order=True)
-        post = concatenate(post_update_rollouts(policy, fast, env, goals, generator=gen))
-        post_adv = estimate_advantages(post)
-        post_return = float(post.undiscounted_return().mean())
+    data = _sample_iteration(
+        policy,
+        params,
+        env,
+        seed=seed,
+        iteration=iteration,
+        meta_batch=meta_batch,
+        lr=lr,
+        adapt=adapt,
+        discount=discount,
+    )
+    if data.post is not None and data.post_advantages is not None:
         loss_fn, kl_fn = meta_objective(
-            policy, params, pre, pre_adv, post, post_adv, lr=lr, first_order=first_order
+            policy,
+            params,
+            data.pre,
+            data.pre_advantages,
+            data.post,
+            data.post_advantages,
+            lr=lr,
+            first_order=first_order,
         )
     else:
-        post_return = float("nan")
-        loss_fn, kl_fn = joint_objective(policy, params, pre, pre_adv)
+        loss_fn, kl_fn = joint_objective(policy, params, data.pre, data.pre_advantages)
     new, step = trpo_step(params, loss_fn, kl_fn, max_kl=max_kl)
     return new, MetaStepMetrics(
-        pre_return, post_return, step.kl, step.loss_before, step.loss_after, step.step_fraction
+        _mean_return(data.pre),
+        _mean_return(data.post),
+        step.kl,
+        step.loss_before,
+        step.loss_after,
+        step.step_fraction,
     )
+
+
+PPO_CLIP = 0.2  # ε of PPO (Schulman et al. 2017) and of ProMP's PPO-MAML outer step
+PPO_EPOCHS = 5  # gradient steps on one meta-batch's data (ProMP's num_inner_grad_steps... 5)
+
+
+def ppo_meta_step(
+    policy: GaussianMLPPolicy,
+    optimizer: torch.optim.Optimizer,
+    env: TaskEnvironment,
+    *,
+    seed: int,
+    iteration: int,
+    meta_batch: int = 20,
+    lr: float | Tensor | Params = INNER_LR,
+    clip: float = PPO_CLIP,
+    epochs: int = PPO_EPOCHS,
+    first_order: bool = False,
+    discount: float = DISCOUNT,
+) -> MetaStepMetrics:
+    """One meta-iteration with the PPO-style outer step: the same rollouts as
+    :func:`meta_step`, then ``epochs`` steps of ``optimizer`` on the clipped meta-surrogate
+    (the inner step rebuilt from θ at every epoch, so the meta-gradient runs through it, as
+    ProMP's "MAML + PPO"), updating ``policy``'s own weights in place.
+
+    ``MetaStepMetrics.kl`` is the pooled KL after the last epoch (not constrained: the clip
+    keeps the step small), ``step_fraction`` the fraction of post-update steps whose ratio
+    left ``[1 - clip, 1 + clip]`` at the last epoch.
+    """
+    params = policy.params()
+    # θ_old, a copy: the optimiser updates the policy's weights (and so their detached views)
+    # in place.
+    detached = {k: w.detach().clone() for k, w in params.items()}
+    data = _sample_iteration(
+        policy,
+        detached,
+        env,
+        seed=seed,
+        iteration=iteration,
+        meta_batch=meta_batch,
+        lr=lr,
+        adapt=True,
+        discount=discount,
+    )
+    assert data.post is not None and data.post_advantages is not None
+    loss_fn, kl_fn = meta_objective(
+        policy,
+        detached,
+        data.pre,
+        data.pre_advantages,
+        data.post,
+        data.post_advantages,
+        lr=lr,
+        first_order=first_order,
+        clip=clip,
+    )
+    first = last = float("nan")
+    for epoch in range(epochs):
+        loss = loss_fn(params)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if epoch == 0:
+            first = float(loss.detach())
+    with torch.no_grad():
+        now = {k: w.detach() for k, w in params.items()}
+        last = float(loss_fn(now))
+        kl = float(kl_fn(now))
+        clipped = _clipped_fraction(policy, detached, now, data, lr=lr, clip=clip)
+    return MetaStepMetrics(
+        _mean_return(data.pre), _mean_return(data.post), kl, first, last, clipped
+    )
+
+
+def _clipped_fraction(
+    policy: GaussianMLPPolicy,
+    old: Params,
+    new: Params,
+    data: _Sampled,
+    *,
+    lr: float | Tensor | Params,
+    clip: float,
+) -> float:
+    """The fraction of post-update steps whose likelihood ratio is outside the clip range."""
+    assert data.post is not None
+    old_fast = inner_step(policy, old, data.pre, data.pre_advantages, lr=lr, first_order=True)
+    new_fast = inner_step(policy, new, data.pre, data.pre_advantages, lr=lr, first_order=True)
+    post, outside = data.post, torch.zeros((), dtype=data.post.mask.dtype)
+    for i in range(post.tasks):
+        obs, act = post.obs[i : i + 1], post.actions[i : i + 1]
+        log_ratio = policy.log_prob(new_fast[i], obs, act) - policy.log_prob(old_fast[i], obs, act)
+        out = (log_ratio.exp() - 1).abs() > clip
+        outside = outside + (out.to(post.mask.dtype) * post.mask[i : i + 1]).sum()
+    return float(outside / post.mask.sum())
+
+
+def _mean_return(trajs: Trajectories | None) -> float:
+    return float("nan") if trajs is None else float(trajs.undiscounted_return().mean())
 
 
 def post_update_rollouts(
     policy: GaussianMLPPolicy,
     fast: list[Params],
     env: TaskEnvironment,
-    goals: Tensor,
+    tasks: Tensor,
     *,
     generator: torch.Generator,
-) -> list[Trajectories]:
-    """Each task's rollouts at its own fast weights θ'_i (detached), in task order, drawing from
-    ``generator`` task after task."""
-    return [
-        rollout(
-            policy,
-            {k: w.detach() for k, w in weights.items()},
-            env,
-            goals[i : i + 1],
-            generator=generator,
-        )
-        for i, weights in enumerate(fast)
-    ]
+    discount: float = DISCOUNT,
+) -> Trajectories:
+    """Every task's rollouts at its own fast weights θ'_i (detached), all tasks stepping
+    together (:func:`~mnemeta.rl.rollout.rollout` with one set of weights per task)."""
+    detached = [{k: w.detach() for k, w in weights.items()} for weights in fast]
+    return rollout(policy, detached, env, tasks, generator=generator, discount=discount)
 
 
 def adapt_and_evaluate(
     policy: GaussianMLPPolicy,
     params: Params,
     env: TaskEnvironment,
-    goals: Tensor,
+    tasks: Tensor,
     *,
     generator: torch.Generator,
     lr: float | Tensor | Params = INNER_LR,
-) -> tuple[Tensor, Tensor]:
-    """The paper's test: per task of ``goals``, the mean undiscounted return of
-    ``env.envs_per_task`` trajectories at θ, then one inner step on those trajectories and the
-    mean return of fresh trajectories at θ'_i. Returns ``(before, after)``, each ``(tasks,)``."""
-    params = {k: w.detach() for k, w in params.items()}
-    pre = rollout(policy, params, env, goals, generator=generator)
-    adv = estimate_advantages(pre)
-    fast = inner_step(policy, params, pre, adv, lr=lr, first_order=True)
-    after = [
-        t.undiscounted_return().mean()
-        for t in post_update_rollouts(policy, fast, env, goals, generator=generator)
-    ]
-    return pre.undiscounted_return().mean(dim=1), torch.stack(after)
+    steps: int = 1,
+    discount: float = DISCOUNT,
+) -> dict[str, Tensor]:
+    """The paper's test on ``tasks``: ``env.envs_per_task`` trajectories at θ, one inner step
+    on them, fresh trajectories at θ'_i, and again up to ``steps`` inner steps (each step on
+    the trajectories of the weights it starts from, as the paper's Figure 5).
+
+    Returns ``{"before": (tasks,), "after_1": ..., "after_<steps>": ...}``, each task's mean
+    undiscounted return at each stage, and where the environment reports success the same
+    columns prefixed ``success_`` (the fraction of the task's trajectories that succeeded).
+    """
+    current: list[Params] | Params = {k: w.detach() for k, w in params.items()}
+    out: dict[str, Tensor] = {}
+    success: dict[str, Tensor] = {}
+    for stage in range(steps + 1):
+        name = "before" if stage == 0 else f"after_{stage}"
+        trajs = rollout(policy, current, env, tasks, generator=generator, discount=discount)
+        out[name] = trajs.undiscounted_return().mean(dim=1)
+        if env.success is not None:
+            success[f"success_{name}"] = env.success.to(out[name].dtype).mean(dim=1)
+        if stage == steps:
+            break
+        adv = estimate_advantages(trajs)
+        if isinstance(current, dict):
+            current = inner_step(policy, current, trajs, adv, lr=lr, first_order=True)
+        else:
+            current = [
+                inner_step(
+                    policy,
+                    w,
+                    trajs.select(slice(i, i + 1)),
+                    adv[i : i + 1],
+                    lr=lr,
+                    first_order=True,
+                )[0]
+                for i, w in enumerate(current)
+            ]
+        current = [{k: w.detach() for k, w in f.items()} for f in current]
+    return {**out, **success}
+
+
+# ---- the learner the registry builds (recipe "rl") ----
+
+
+@dataclass
+class MAMLRLConfig(LearnerConfig):
+    """MAML-RL's keys (``[model]``); the environment's are in ``[rl]``."""
+
+    hidden: tuple[int, ...] = checked((100, 100), ge=1)  # the paper's 2 x 100 ReLU policy
+    inner_lr: float = checked(INNER_LR, gt=0)  # α of the VPG inner step (the paper: 0.1)
+    first_order: bool = False  # detach the inner gradient (first-order MAML)
+    # The outer step: TRPO as in the paper, or PPO's clipped surrogate with Adam (ProMP).
+    outer: str = checked("trpo", choices=("trpo", "ppo"))
+    max_kl: float = checked(0.01, gt=0)  # TRPO's δ (maml_rl's step_size)
+    ppo_lr: float = checked(3e-4, gt=0)  # outer = ppo: Adam's learning rate
+    ppo_clip: float = checked(PPO_CLIP, gt=0, lt=1)  # outer = ppo: ε
+    ppo_epochs: int = checked(PPO_EPOCHS, ge=1)  # outer = ppo: Adam steps per meta-batch
+    eval_steps: int = checked(3, ge=1)  # inner steps at evaluation (the paper plots 0-3)
+
+
+class MAMLRL(nn.Module):
+    """MAML-RL as a :class:`~mnemeta.algorithms.meta_rl.MetaRLLearner`: a Gaussian MLP policy
+    (``self.policy``) meta-trained by :func:`meta_step` (TRPO) or :func:`ppo_meta_step`."""
+
+    def __init__(
+        self, config: MAMLRLConfig, observation_size: int, action_size: int, discount: float
+    ) -> None:
+        super().__init__()
+        self.config, self.discount = config, discount
+        self.policy = GaussianMLPPolicy(observation_size, action_size, hidden=config.hidden)
+        self.optimizer: torch.optim.Optimizer | None = None
+        if config.outer == "ppo":
+            self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.ppo_lr)
+
+    def train_iteration(
+        self, env: TaskEnvironment, *, seed: int, iteration: int, meta_batch: int
+    ) -> dict[str, float]:
+        c = self.config
+        if self.optimizer is not None:
+            m = ppo_meta_step(
+                self.policy,
+                self.optimizer,
+                env,
+                seed=seed,
+                iteration=iteration,
+                meta_batch=meta_batch,
+                lr=c.inner_lr,
+                clip=c.ppo_clip,
+                epochs=c.ppo_epochs,
+                first_order=c.first_order,
+                discount=self.discount,
+            )
+        else:
+            new, m = meta_step(
+                self.policy,
+                self.policy.params(),
+                env,
+                seed=seed,
+                iteration=iteration,
+                meta_batch=meta_batch,
+                lr=c.inner_lr,
+                max_kl=c.max_kl,
+                first_order=c.first_order,
+                discount=self.discount,
+            )
+            with torch.no_grad():
+                for name, weight in self.policy.named_parameters():
+                    weight.copy_(new[name])
+        return {
+            "return": m.pre_return,
+            "post_return": m.post_return,
+            "kl": m.kl,
+            "loss_before": m.loss_before,
+            "loss_after": m.loss_after,
+            "step_fraction": m.step_fraction,
+        }
+
+    def evaluate(
+        self, env: TaskEnvironment, tasks: Tensor, *, generator: torch.Generator
+    ) -> dict[str, Tensor]:
+        return adapt_and_evaluate(
+            self.policy,
+            self.policy.params(),
+            env,
+            tasks,
+            generator=generator,
+            lr=self.config.inner_lr,
+            steps=self.config.eval_steps,
+            discount=self.discount,
+        )
+
+    def example_trajectories(
+        self, env: TaskEnvironment, tasks: Tensor, *, generator: torch.Generator
+    ) -> dict[str, Trajectories]:
+        """Trajectories at θ and after one inner step on them, for the Figure-4 plot."""
+        params = {k: w.detach() for k, w in self.policy.params().items()}
+        pre = rollout(self.policy, params, env, tasks, generator=generator, discount=self.discount)
+        adv = estimate_advantages(pre)
+        fast = inner_step(self.policy, params, pre, adv, lr=self.config.inner_lr, first_order=True)
+        post = post_update_rollouts(
+            self.policy, fast, env, tasks, generator=generator, discount=self.discount
+        )
+        return {"before adaptation": pre, "after 1 step": post}
+
+    def training_state(self) -> dict[str, Any]:
+        return {} if self.optimizer is None else {"optimizer": self.optimizer.state_dict()}
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+
+
+def _build(config: MAMLRLConfig, context: BuildContext) -> MAMLRL:
+    return MAMLRL(
+        config,
+        observation_size=context.input_shape[0],
+        action_size=context.outputs,
+        discount=context.discount,
+    )
+
+
+LEARNERS.register(
+    LearnerSpec(
+        "maml_rl",
+        MAMLRLConfig,
+        "MAML for RL (Finn et al. 2017 §5.3): a VPG inner step, a TRPO (or PPO) outer step",
+        build=_build,
+        recipe="rl",
+        backbone=False,
+    )
+)

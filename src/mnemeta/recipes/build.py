@@ -56,7 +56,7 @@ def build_learner(
                 config.backbone, size, per_task_statistics=per_task_statistics
             )
 
-    context = BuildContext(tuple(input_shape), n_way, backbone, classes)
+    context = BuildContext(tuple(input_shape), n_way, backbone, classes, config.rl.discount)
     return spec.build(config.model, context)
 
 

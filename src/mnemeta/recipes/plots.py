@@ -121,6 +121,77 @@ def plot_copy_weights(model: Any, task: Any, path: Path, length: int = 20, seed:
     return _save(fig, path)
 
 
+def plot_rl_curves(
+    rows: list[dict[str, Any]], path: Path, title: str, test: dict[str, Any] | None = None
+) -> Path:
+    """The mean return of the training trajectories against the meta-iteration: before
+    adaptation (``return``) and after it (``post_return``, MAML-RL), and where the learner logs
+    them, each episode of a trial (``return_episode_<k>``, RL²); the held-out test's stages
+    (mean ± 95% CI) as points at the last step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    steps = [r["step"] for r in rows]
+    episodes = sorted({k for r in rows for k in r if k.startswith("return_episode_")})
+    curves = ["return", "post_return", *episodes]
+    labels = {"return": "training tasks, before adaptation", "post_return": "... after 1 step"}
+    for key in curves:
+        points = [(r["step"], r[key]) for r in rows if key in r and r[key] == r[key]]  # not NaN
+        if points:
+            ax.plot(*zip(*points, strict=True), label=labels.get(key, key.replace("_", " ")))
+    if test is not None and steps:
+        returns = {k: v for k, v in test["stages"].items() if not k.startswith("success_")}
+        for i, (name, v) in enumerate(returns.items()):
+            ax.errorbar(
+                [steps[-1] + (i + 1) * max(1, steps[-1] // 50)],
+                [v["mean"]],
+                yerr=[v["ci95"]],
+                fmt="s",
+                capsize=3,
+                label=f"held-out, {name.replace('_', ' ')}: {v['mean']:.2f} ± {v['ci95']:.2f}",
+            )
+    ax.set(xlabel="meta-iteration", ylabel="mean return per trajectory", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return _save(fig, path)
+
+
+def plot_navigation_trajectories(
+    stages: dict[str, Any], goals: Any, path: Path, title: str
+) -> Path:
+    """2D navigation as the paper's Figure 4: for each goal (a star) the first trajectory of
+    each stage (``{label: Trajectories}``, e.g. before and after one inner step), from the
+    origin."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    fig, ax = plt.subplots(figsize=(4.8, 4.8))
+    colors = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"]
+    styles = [":", "-", "--", "-."]
+    for s, (label, trajs) in enumerate(stages.items()):
+        for i in range(goals.shape[0]):
+            m = trajs.mask[i, 0].bool()
+            xy = torch.cat([torch.zeros(1, 2), trajs.obs[i, 0][m][1:].cpu()])
+            ax.plot(
+                xy[:, 0],
+                xy[:, 1],
+                styles[s % len(styles)],
+                color=colors[i % len(colors)],
+                label=label if i == 0 else None,
+            )
+    for i in range(goals.shape[0]):
+        ax.plot(*goals[i].tolist(), "*", color=colors[i % len(colors)], markersize=14)
+    ax.set(xlim=(-0.6, 0.6), ylim=(-0.6, 0.6), aspect="equal", title=title)
+    ax.legend(loc="lower left", fontsize=8)
+    return _save(fig, path)
+
+
 def _save(fig: Any, path: Path) -> Path:
     import matplotlib.pyplot as plt
 

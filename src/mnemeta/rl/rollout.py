@@ -104,7 +104,7 @@ def returns_to_go(rewards: Tensor, mask: Tensor, discount: float = DISCOUNT) -> 
 @torch.no_grad()
 def rollout(
     policy: GaussianMLPPolicy,
-    params: Params,
+    params: Params | list[Params],
     env: TaskEnvironment,
     tasks: Tensor,
     *,
@@ -115,8 +115,11 @@ def rollout(
     ``env.envs_per_task`` trajectories of each task in ``tasks`` (``env.sample_tasks``; for
     2D navigation the goals ``(tasks, 2)``).
 
-    ``params`` holds one set of weights for every task (the meta-parameters before
-    adaptation). Actions are drawn with ``generator``, which must live on the tasks' device;
+    ``params`` is one set of weights for every task (the meta-parameters before adaptation),
+    or a list of one set per task (each task's adapted weights θ'_i): either way every task
+    steps together, one environment step for the whole meta-batch, and the noise of a step
+    is one draw of the batch's shape, so the draws do not depend on which form ``params``
+    takes. Actions are drawn with ``generator``, which must live on the tasks' device;
     the same generator state gives the same trajectories. Nothing is differentiable: the loss
     recomputes ``log π`` from ``obs`` and ``actions`` at whatever weights it needs.
     """
@@ -124,7 +127,7 @@ def rollout(
     all_obs, all_actions, all_rewards, all_mask = [], [], [], []
     done = torch.zeros(obs.shape[:2], dtype=torch.bool, device=obs.device)
     for _ in range(env.horizon):
-        actions = policy.sample(params, obs, generator=generator)
+        actions = _sample(policy, params, obs, generator)
         all_obs.append(obs)
         all_actions.append(actions)
         all_mask.append((~done).to(obs.dtype))
@@ -140,3 +143,22 @@ def rollout(
         returns=returns_to_go(rewards, mask, discount),
         discount=discount,
     )
+
+
+def _sample(
+    policy: GaussianMLPPolicy,
+    params: Params | list[Params],
+    obs: Tensor,
+    generator: torch.Generator | None,
+) -> Tensor:
+    """Actions for ``obs`` ``(tasks, n, obs_size)``: ``μ + σ ⊙ ε``, ε drawn for the whole
+    batch at once, with one set of weights or one per task."""
+    if isinstance(params, dict):
+        return policy.sample(params, obs, generator=generator)
+    if len(params) != obs.shape[0]:
+        raise ConfigError(f"rollout got {len(params)} sets of weights for {obs.shape[0]} tasks")
+    dists = [policy.distribution(p, obs[i : i + 1]) for i, p in enumerate(params)]
+    mean = torch.cat([m for m, _ in dists])
+    log_std = torch.stack([s for _, s in dists]).unsqueeze(1)  # (tasks, 1, action_size)
+    eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+    return mean + torch.exp(log_std) * eps
