@@ -7,7 +7,7 @@ the return before adaptation and after one inner step (K trajectories for the st
 ones scored), for MAML, the pretrained policy, the random initialisation (MAML's starting
 weights) and an oracle that is given the goal (action = clip(goal - position)).
 
-    OMP_NUM_THREADS=1 python benchmarks/maml_rl_navigation.py --budget-s 540
+    OMP_NUM_THREADS=1 python benchmarks/maml_rl_navigation.py --budget-s 540 --ppo
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from common import header
-from mnemeta.algorithms.maml_rl import adapt_and_evaluate, inner_step, meta_step
+from mnemeta.algorithms.maml_rl import adapt_and_evaluate, inner_step, meta_step, ppo_meta_step
 from mnemeta.rl import GaussianMLPPolicy, Navigation2D, estimate_advantages, rollout, sample_goals
 from mnemeta.stats import mean_ci95
 
@@ -52,6 +52,26 @@ def train(policy, env, args, *, adapt, iterations=None, budget_s=None):
         log.append(row)
         print(("maml" if adapt else "joint"), row, flush=True)
         it += 1
+    return params, log, time.perf_counter() - start
+
+
+def train_ppo(policy, init, env, args, *, iterations):
+    """MAML-RL with the PPO-style outer step (Adam on the clipped meta-surrogate), from the
+    same initial weights, for the same number of iterations as the TRPO arm."""
+    with torch.no_grad():
+        for k, w in policy.named_parameters():
+            w.copy_(init[k])
+    adam = torch.optim.Adam(policy.parameters(), lr=args.ppo_lr)
+    log, start = [], time.perf_counter()
+    for it in range(iterations):
+        m = ppo_meta_step(
+            policy, adam, env, seed=args.seed, iteration=it, meta_batch=args.meta_batch, lr=args.lr
+        )
+        row = {"iteration": it, "seconds": round(time.perf_counter() - start, 2)}
+        row.update({k: round(v, 5) for k, v in vars(m).items()})
+        log.append(row)
+        print("ppo", row, flush=True)
+    params = {k: w.detach().clone() for k, w in policy.params().items()}
     return params, log, time.perf_counter() - start
 
 
@@ -116,10 +136,15 @@ def main() -> None:
     ap.add_argument("--horizon", type=int, default=100)
     ap.add_argument("--lr", type=float, default=0.1, help="inner step size α")
     ap.add_argument("--max-kl", type=float, default=0.01)
+    ap.add_argument("--ppo-lr", type=float, default=1e-3, help="PPO arm: Adam's learning rate")
     ap.add_argument("--action-scale", type=float, default=0.1, help="0.1: maml_rl's normalize")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-seed", type=int, default=999_331)
     ap.add_argument("--eval-goals", type=int, default=40)
+    ap.add_argument("--eval-steps", type=int, default=3, help="inner steps at test (paper: 0-3)")
+    ap.add_argument(
+        "--ppo", action="store_true", help="also train the PPO-style outer step, same iterations"
+    )
     ap.add_argument("--out", default=str(RESULTS / "maml_rl_navigation.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -130,14 +155,23 @@ def main() -> None:
     init = {k: w.detach().clone() for k, w in policy.params().items()}
     maml, maml_log, maml_s = train(policy, env, args, adapt=True, budget_s=args.budget_s)
     joint, joint_log, joint_s = train(policy, env, args, adapt=False, iterations=len(maml_log))
+    ppo = ppo_log = ppo_s = None
+    if args.ppo:
+        ppo, ppo_log, ppo_s = train_ppo(policy, init, env, args, iterations=len(maml_log))
 
     goals = sample_goals(args.eval_goals, generator=torch.Generator().manual_seed(args.eval_seed))
     arms = {"MAML-RL": maml, "pretrained (joint TRPO)": joint, "random init": init}
+    if ppo is not None:
+        arms["MAML-RL, PPO outer step"] = ppo
     results = {}
     for name, params in arms.items():
         gen = torch.Generator().manual_seed(args.eval_seed + 1)
-        before, after = adapt_and_evaluate(policy, params, env, goals, generator=gen, lr=args.lr)
-        results[name] = {"before": summary(before), "after_1_step": summary(after)}
+        stages = adapt_and_evaluate(
+            policy, params, env, goals, generator=gen, lr=args.lr, steps=args.eval_steps
+        )
+        results[name] = {"before": summary(stages["before"])}
+        for n in range(1, args.eval_steps + 1):
+            results[name][f"after_{n}_step{'s' if n > 1 else ''}"] = summary(stages[f"after_{n}"])
         print(name, results[name], flush=True)
     oracle = oracle_returns(env, goals)
     results["oracle (given the goal)"] = {"before": summary(oracle), "after_1_step": None}
@@ -160,7 +194,10 @@ def main() -> None:
         "maml_train_seconds": round(maml_s, 1),
         "joint_iterations": len(joint_log),
         "joint_train_seconds": round(joint_s, 1),
+        "ppo_iterations": None if ppo_log is None else len(ppo_log),
+        "ppo_train_seconds": None if ppo_s is None else round(ppo_s, 1),
         "eval": results,
+        "ppo_log": ppo_log,
         "maml_log": maml_log,
         "joint_log": joint_log,
         "plot": png.name,
