@@ -7,7 +7,7 @@ the return before adaptation and after one inner step (K trajectories for the st
 ones scored), for MAML, the pretrained policy, the random initialisation (MAML's starting
 weights) and an oracle that is given the goal (action = clip(goal - position)).
 
-    OMP_NUM_THREADS=1 python benchmarks/maml_rl_navigation.py --budget-s 540 --ppo
+    OMP_NUM_THREADS=1 python benchmarks/maml_rl_navigation.py --iterations 70 --budget-s 1e9 --ppo
 """
 
 from __future__ import annotations
@@ -131,6 +131,13 @@ def plot(policy, arms, env, goals, args, path):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--budget-s", type=float, default=540.0, help="MAML-RL's training budget")
+    ap.add_argument(
+        "--iterations",
+        type=int,
+        default=None,
+        help="MAML-RL's meta-iterations instead of a time budget (a shared, loaded machine "
+        "does fewer iterations in the same seconds)",
+    )
     ap.add_argument("--meta-batch", type=int, default=20)
     ap.add_argument("--k", type=int, default=20, help="trajectories per task and step")
     ap.add_argument("--horizon", type=int, default=100)
@@ -153,7 +160,9 @@ def main() -> None:
     torch.manual_seed(args.seed)
     policy = GaussianMLPPolicy(2, 2)
     init = {k: w.detach().clone() for k, w in policy.params().items()}
-    maml, maml_log, maml_s = train(policy, env, args, adapt=True, budget_s=args.budget_s)
+    maml, maml_log, maml_s = train(
+        policy, env, args, adapt=True, iterations=args.iterations, budget_s=args.budget_s
+    )
     joint, joint_log, joint_s = train(policy, env, args, adapt=False, iterations=len(maml_log))
     ppo = ppo_log = ppo_s = None
     if args.ppo:

@@ -3,8 +3,9 @@ policy callable with a dict of weights, batched rollouts, the linear feature bas
 vanilla policy-gradient surrogate, and TRPO's step (the pieces of MAML-RL, Finn et al. 2017
 §5.3).
 
-Pure torch: nothing here imports gymnasium or MuJoCo, and ``import mnemeta`` does not import
-this package.
+Pure torch: the environments that need gymnasium, MuJoCo or Meta-World (the ``rl`` extra) are
+modules of their own, imported only when such an environment is built, so ``import mnemeta``
+(which imports this package through the ``maml_rl`` learner) never loads them.
 """
 
 from mnemeta.rl import baseline
