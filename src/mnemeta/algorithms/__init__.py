@@ -10,12 +10,14 @@ from mnemeta.algorithms.meta_memory import MetaMemoryNet
 from mnemeta.algorithms.protocol import MetaLearner, Predictor, accuracy
 from mnemeta.algorithms.protonet import ProtoNet, prototypes, squared_euclidean
 from mnemeta.algorithms.reptile import Reptile
+from mnemeta.algorithms.rl2 import RL2
 from mnemeta.algorithms.support_finetune import SupportFinetune
 from mnemeta.algorithms.task_embedding import support_embedding, task_embedding
 from mnemeta.algorithms.task_memory_adapt import MemoryAugmentedAdaptation
 
 __all__ = [
     "MAML",
+    "RL2",
     "BaselinePP",
     "Classifier",
     "MAMLConfig",
