@@ -49,7 +49,10 @@ class RL2Config(LearnerConfig):
     # γ over the whole trial (maml_rl's and garage's 0.99); its own key: see the module.
     discount: float = checked(0.99, ge=0, le=1)
     gae_lambda: float = checked(0.95, ge=0, le=1)  # garage RL2PPO and PPO's MuJoCo runs
-    lr: float = checked(1e-3, gt=0)  # Adam; 1e-3 (garage's PPO optimiser), 3e-4 learned slower
+    # Adam. 3e-3, not PPO's usual 3e-4: in a probe on navigation (seed 0, 70 iterations of
+    # 20 tasks x 10 trials) 1e-3 was still on the goal-agnostic plateau (return ≈ -37 per
+    # episode) where 3e-3 had reached ≈ -5.5; the KL per update stayed ≈ 0.01.
+    lr: float = checked(3e-3, gt=0)
     ppo_epochs: int = checked(4, ge=1)  # passes over each batch of trials
     minibatches: int = checked(4, ge=1)  # ... each split into this many mini-batches of trials
     ppo_clip: float = checked(0.2, gt=0, lt=1)  # ε of the clipped surrogate (the PPO paper)
