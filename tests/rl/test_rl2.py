@@ -115,6 +115,34 @@ def test_masked_steps_freeze_the_memory_and_evaluate_reproduces_the_rollout() ->
     torch.testing.assert_close(logp, trials.log_probs * trials.mask, rtol=1e-4, atol=1e-4)
 
 
+def test_value_statistics_update_preserves_the_values() -> None:
+    """PopArt: moving (μ, σ) to the targets' moments rescales the head, not the prediction."""
+    torch.manual_seed(0)
+    policy = RecurrentGaussianPolicy(2, 2, hidden=8)
+    with torch.no_grad():
+        policy.value.weight.normal_()
+        policy.value.bias.fill_(0.3)
+    trials = trial_rollout(
+        policy,
+        Navigation2D(2, horizon=5),
+        _goals(2),
+        episodes=2,
+        generator=torch.Generator().manual_seed(0),
+    )
+    _, _, before = policy.evaluate(trials.inputs, trials.actions, trials.mask)
+    targets = -40 + 5 * torch.randn(trials.rewards.shape)
+    policy.update_value_statistics(targets, trials.mask)
+    _, _, after = policy.evaluate(trials.inputs, trials.actions, trials.mask)
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-4)
+    # The first update takes the targets' own moments.
+    assert math.isclose(
+        float(policy.value_mean), float(targets[trials.mask > 0].mean()), rel_tol=1e-5
+    )
+    assert math.isclose(
+        float(policy.value_std), float(targets[trials.mask > 0].std(unbiased=False)), rel_tol=1e-4
+    )
+
+
 # --- GAE and PPO against hand computations -------------------------------------------------
 
 

@@ -104,7 +104,8 @@ class RL2(nn.Module):
         cfg = self.config
         g = iteration_generator(seed, iteration)
         dtype = self.policy.log_std.dtype
-        tasks = env.sample_tasks(meta_batch, generator=g, dtype=dtype)
+        device = self.policy.log_std.device
+        tasks = env.sample_tasks(meta_batch, generator=g, dtype=dtype).to(device)
         trials = self._rollout(env, tasks, g)
         n_seq = trials.rewards.shape[0] * trials.rewards.shape[1]
         if cfg.minibatches > n_seq:
@@ -167,7 +168,7 @@ class RL2(nn.Module):
         order; then ``"success_episode_<k>"``, the fraction of trials that succeeded in episode
         ``k``, where the environment reports success. The weights are not touched."""
         dtype = self.policy.log_std.dtype
-        trials = self._rollout(env, tasks.to(dtype), generator)
+        trials = self._rollout(env, tasks.to(self.policy.log_std), generator)
         per_task = trials.episode_returns().mean(dim=1)  # (tasks, episodes)
         out = {f"episode_{k + 1}": per_task[:, k] for k in range(trials.episodes)}
         if trials.success is not None:

@@ -69,6 +69,15 @@ class Trials:
         return self.by_episode(self.rewards).sum(dim=-1)
 
 
+def _normal(like: Tensor, generator: torch.Generator | None) -> Tensor:
+    """``ε ~ N(0, I)`` shaped as ``like``, drawn on the generator's device and moved to
+    ``like``'s: a CPU generator (:func:`~mnemeta.algorithms.meta_rl.iteration_generator`) then
+    drives a policy on a GPU with the same draws as on the CPU."""
+    device = generator.device if generator is not None else like.device
+    eps = torch.randn(like.shape, generator=generator, device=device, dtype=like.dtype)
+    return eps.to(like.device)
+
+
 @torch.no_grad()
 def trial_rollout(
     policy: RecurrentGaussianPolicy,
@@ -85,7 +94,8 @@ def trial_rollout(
 
     ``env.reset(tasks, generator=generator)`` starts every episode; actions ``a = μ + σ ε`` draw
     ``ε`` from ``generator`` at every step (masked steps too, so the draws do not depend on when
-    episodes end). Nothing is differentiable: PPO re-evaluates ``inputs`` at its own weights.
+    episodes end); the tasks' device is the environment's and the policy's. Nothing is
+    differentiable: PPO re-evaluates ``inputs`` at its own weights.
     """
     if episodes < 1:
         raise ConfigError(f"a trial needs episodes >= 1; got {episodes}")
@@ -114,7 +124,7 @@ def trial_rollout(
             active = ~done
             x = rl2_input(obs, prev_a, prev_r, prev_d)
             mean, log_std, h_new = policy.step(x, h)
-            eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=dtype)
+            eps = _normal(mean, generator)
             action = mean + torch.exp(log_std) * eps
             all_inputs.append(x)
             all_obs.append(obs)
