@@ -13,9 +13,9 @@ One meta-iteration (:meth:`RL2.train_iteration`):
    ``minibatches`` mini-batches of whole trials (a recurrent policy must be re-run from each
    trial's start, so a mini-batch holds trials, not steps), Adam, gradients clipped.
 
-The paper trained with TRPO; PPO is what garage's ``RL2PPO`` and most later RL² baselines use
-(the brief of this module). Every draw of an iteration comes from its generator, so an iteration
-is a pure function of (weights, Adam state, seed, iteration).
+The paper trained with TRPO; PPO is the slow learner of garage's ``RL2PPO``, and needs no
+conjugate gradient through a recurrent network. Every draw of an iteration comes from its
+generator, so an iteration is a pure function of (weights, Adam state, seed, iteration).
 
 γ is this learner's own key ``model.discount``: the training recipe passes the learner no
 ``[rl] discount``, so that key does not reach RL²; set both to the same value in a preset.
