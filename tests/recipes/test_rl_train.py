@@ -101,3 +101,22 @@ def test_bad_configs_fail_before_any_work(
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
     assert main(["train", "maml_rl_navigation2d", "--set", "model.outer=sgd"]) == 2
     assert "model.outer" in capsys.readouterr().err
+
+
+def test_rl2_trains_and_resumes_exactly_through_the_recipe(tmp_path: Path) -> None:
+    def config(out: Path, steps: int) -> Config:
+        tiny = ["model.hidden=8", "model.minibatches=1", "model.ppo_epochs=2"]
+        return load_config(
+            "rl2_navigation2d", [*NAVIGATION, *tiny, f"train.steps={steps}", f"out_dir={out}"]
+        )
+
+    summary = rl_train(config(tmp_path / "a", 4), progress=False)
+    assert list(summary["test"]["stages"]) == ["episode_1", "episode_2"]
+    rl_train(config(tmp_path / "b", 2), progress=False)
+    rl_train(
+        config(tmp_path / "b", 4), resume=str(tmp_path / "b" / "checkpoint.pt"), progress=False
+    )
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in _rows(tmp_path / "a")]
+    assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in _rows(tmp_path / "b")]
+    a = json.loads((tmp_path / "a" / "result.json").read_text())["test"]
+    assert a == json.loads((tmp_path / "b" / "result.json").read_text())["test"]

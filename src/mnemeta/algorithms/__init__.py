@@ -11,6 +11,7 @@ from mnemeta.algorithms.meta_memory import MetaMemoryNet
 from mnemeta.algorithms.protocol import MetaLearner, Predictor, accuracy
 from mnemeta.algorithms.protonet import ProtoNet, prototypes, squared_euclidean
 from mnemeta.algorithms.reptile import Reptile
+from mnemeta.algorithms.rl2 import RL2
 from mnemeta.algorithms.support_finetune import SupportFinetune
 from mnemeta.algorithms.task_embedding import support_embedding, task_embedding
 from mnemeta.algorithms.task_memory_adapt import MemoryAugmentedAdaptation
@@ -18,6 +19,7 @@ from mnemeta.algorithms.task_memory_adapt import MemoryAugmentedAdaptation
 __all__ = [
     "MAML",
     "MAMLRL",
+    "RL2",
     "BaselinePP",
     "Classifier",
     "MAMLConfig",
