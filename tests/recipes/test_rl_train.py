@@ -112,6 +112,7 @@ def test_rl2_trains_and_resumes_exactly_through_the_recipe(tmp_path: Path) -> No
 
     summary = rl_train(config(tmp_path / "a", 4), progress=False)
     assert list(summary["test"]["stages"]) == ["episode_1", "episode_2"]
+    assert (tmp_path / "a" / "trajectories.png").is_file()  # episode 1 and 2 of a trial
     rl_train(config(tmp_path / "b", 2), progress=False)
     rl_train(
         config(tmp_path / "b", 4), resume=str(tmp_path / "b" / "checkpoint.pt"), progress=False

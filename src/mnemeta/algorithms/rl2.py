@@ -38,6 +38,16 @@ from mnemeta.rl.recurrent_policy import RecurrentGaussianPolicy
 from mnemeta.rl.trials import Trials, trial_rollout
 
 
+@dataclass(frozen=True)
+class EpisodePaths:
+    """One episode of each trial: ``obs`` ``(tasks, trials, horizon, obs_size)`` and ``mask``
+    ``(tasks, trials, horizon)``, what :func:`~mnemeta.recipes.plots.plot_navigation_trajectories`
+    draws."""
+
+    obs: Tensor
+    mask: Tensor
+
+
 @dataclass
 class RL2Config(LearnerConfig):
     """RL² with PPO; defaults from garage's ``RL2PPO`` examples and the PPO paper's MuJoCo
@@ -163,6 +173,21 @@ class RL2(nn.Module):
         metrics["entropy"] = float(self.policy.entropy().detach())
         metrics["std"] = float(self.policy.current_log_std().detach().exp().mean())
         return metrics
+
+    @torch.no_grad()
+    def example_trajectories(
+        self, env: TaskEnvironment, tasks: Tensor, *, generator: torch.Generator
+    ) -> dict[str, EpisodePaths]:
+        """One trial per task, episode by episode, for the navigation plot (the paths of
+        episode 1, exploring, and of episode 2, from memory)."""
+        trials = trial_rollout(
+            self.policy, env, tasks, episodes=self.config.trial_episodes, generator=generator
+        )
+        obs, mask = trials.by_episode(trials.obs), trials.by_episode(trials.mask)
+        return {
+            f"episode {e + 1}": EpisodePaths(obs[:, :, e], mask[:, :, e])
+            for e in range(trials.episodes)
+        }
 
     @torch.no_grad()
     def evaluate(

@@ -163,8 +163,9 @@ def plot_navigation_trajectories(
     stages: dict[str, Any], goals: Any, path: Path, title: str
 ) -> Path:
     """2D navigation as the paper's Figure 4: for each goal (a star) the first trajectory of
-    each stage (``{label: Trajectories}``, e.g. before and after one inner step), from the
-    origin."""
+    each stage (``{label: paths}``, anything with ``obs`` ``(tasks, n, steps, 2)`` and ``mask``:
+    MAML-RL's trajectories before and after one inner step, RL²'s episodes of a trial), from
+    the origin."""
     import matplotlib
 
     matplotlib.use("Agg")
