@@ -21,8 +21,10 @@ How the pieces map onto :class:`~mnemeta.rl.environment.TaskEnvironment`:
   without a seed draws different goals in every process, so two runs would train on different
   tasks and nothing would reproduce.
 - **success** ``(tasks, envs_per_task)`` is True for a trajectory whose ``info["success"]`` was
-  1 at any step before it ended (Meta-World's success rate counts a path as successful if it
-  ever succeeds); reaching the goal does not end the trajectory.
+  1 at any step before it ended. That is Meta-World's own count: ``metaworld/evaluation.py``
+  turns ``terminate_on_success`` on and scores an episode by its final ``info["success"]``,
+  i.e. whether it ever succeeded. Here reaching the goal does not end the trajectory (the
+  rollout keeps its fixed horizon), only the flag is kept.
 - **The horizon** defaults to 200 steps — the horizon of the paper's MuJoCo runs and the
   ``[rl] horizon`` of the presets — not ML1's ``max_path_length`` of 500: 2.5 times fewer
   simulator steps per rollout on a 2-core CPU, and ``reach`` succeeds well within 200 steps of a
