@@ -41,6 +41,7 @@ def test_shapes_and_dtypes_follow_the_tasks(vel: HalfCheetahVel, dtype: torch.dt
     assert obs.shape == (2, 3, 17) and obs.dtype == dtype
     assert reward.shape == (2, 3) and reward.dtype == dtype
     assert done.shape == (2, 3) and done.dtype == torch.bool and not done.any()
+    assert vel.success is None  # no success criterion: None, not a 0 % rate
 
 
 def test_tasks_are_the_papers_distributions(vel: HalfCheetahVel, direction: HalfCheetahDir) -> None:

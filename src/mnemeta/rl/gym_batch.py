@@ -103,6 +103,9 @@ class GymTaskBatch:
     """
 
     name = "a gymnasium task family"
+    # Whether the family has a success criterion; without one ``success`` stays None, as the
+    # protocol asks (an all-False tensor would read as a 0 % success rate).
+    tracks_success = False
 
     def __init__(
         self,
@@ -162,7 +165,8 @@ class GymTaskBatch:
         self.tasks, self.t = tasks, 0
         shape = (tasks.shape[0], self.envs_per_task)
         self.done = torch.zeros(shape, dtype=torch.bool, device=tasks.device)
-        self.success = torch.zeros(shape, dtype=torch.bool, device=tasks.device)
+        if self.tracks_success:
+            self.success = torch.zeros(shape, dtype=torch.bool, device=tasks.device)
         self._obs = self._to_torch(obs).reshape(*shape, self.observation_size)
         return self._obs.clone()
 

@@ -67,6 +67,7 @@ class MetaWorldML1(GymTaskBatch):
     """
 
     name = "MetaWorldML1"
+    tracks_success = True
 
     def __init__(
         self,
