@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from mnemeta.config import (
@@ -10,6 +12,11 @@ from mnemeta.config import (
     preset_names,
 )
 from mnemeta.errors import ConfigError, MnemetaError
+
+if sys.version_info >= (3, 11):
+    pass
+else:  # pragma: no cover
+    pass
 
 
 @pytest.mark.parametrize("name", preset_names())

@@ -212,3 +212,55 @@ DATASETS.register(
         environment=_navigation2d,
     )
 )
+
+
+# The MuJoCo and Meta-World families: their modules import gymnasium, MuJoCo and Meta-World
+# only when an environment is built (a missing `rl` extra is a one-line ConfigError then).
+def _halfcheetah_vel(cfg: Any, device: Any) -> Any:
+    from mnemeta.rl.locomotion import HalfCheetahVel
+
+    return HalfCheetahVel(cfg.trajectories, horizon=cfg.horizon)
+
+
+def _halfcheetah_dir(cfg: Any, device: Any) -> Any:
+    from mnemeta.rl.locomotion import HalfCheetahDir
+
+    return HalfCheetahDir(cfg.trajectories, horizon=cfg.horizon)
+
+
+def _metaworld_ml1(cfg: Any, device: Any) -> Any:
+    from mnemeta.rl.metaworld_ml1 import MetaWorldML1
+
+    return MetaWorldML1(cfg.trajectories, task=cfg.task, horizon=cfg.horizon)
+
+
+DATASETS.register(
+    DatasetSpec(
+        "halfcheetah_vel",
+        DataConfig,
+        "HalfCheetah-Vel (Finn et al. 2017 §5.3): run at a target velocity in U[0, 2]; gymnasium "
+        "HalfCheetah-v5 ([rl] section; needs the rl extra)",
+        kind="environment",
+        environment=_halfcheetah_vel,
+    )
+)
+DATASETS.register(
+    DatasetSpec(
+        "halfcheetah_dir",
+        DataConfig,
+        "HalfCheetah-Dir (Finn et al. 2017 §5.3): run forward or backward; gymnasium "
+        "HalfCheetah-v5 ([rl] section; needs the rl extra)",
+        kind="environment",
+        environment=_halfcheetah_dir,
+    )
+)
+DATASETS.register(
+    DatasetSpec(
+        "metaworld_ml1",
+        DataConfig,
+        "Meta-World ML1 (Yu et al. 2019): one skill ([rl] task, e.g. reach-v3), its 50 goal "
+        "positions the tasks; success rate ([rl] section; needs the rl extra)",
+        kind="environment",
+        environment=_metaworld_ml1,
+    )
+)

@@ -218,9 +218,13 @@ def _rl_train(
 
 def evaluate_rl(learner: Learner, env: TaskEnvironment, config: Config) -> dict[str, Any]:
     """The held-out test: ``eval.episodes`` tasks drawn with ``eval.seed`` (a seed training
-    never uses: its generators are seeded by ``seed * 1_000_003 + iteration``), each stage's
-    return (and success) as mean ± 95% CI over the tasks."""
+    never uses: its generators are seeded by ``seed * 1_000_003 + iteration``) — from the
+    family's held-out tasks where it has them (``env.held_out()``) — each stage's return (and
+    success) as mean ± 95% CI over the tasks."""
     ec = config.eval
+    # A family with tasks set apart for testing (Meta-World ML1's test goals) is scored on
+    # those; the others on fresh draws of the same distribution.
+    env = env.held_out() if hasattr(env, "held_out") else env
     tasks = env.sample_tasks(ec.episodes, generator=torch.Generator().manual_seed(ec.seed))
     columns = learner.evaluate(env, tasks, generator=torch.Generator().manual_seed(ec.seed + 1))
     stages: dict[str, dict[str, float]] = {}
