@@ -13,7 +13,7 @@ from mnemeta.io import atomic_write_text
 from mnemeta.loading import load_learner, saved_config
 from mnemeta.recipes.build import learner_spec
 from mnemeta.recipes.evaluate_checkpoint import result_path
-from mnemeta.recipes.rl_train import build_environment, check_rl_config, evaluate_rl
+from mnemeta.recipes.rl_train import build_environment, check_rl_config, evaluate_rl, one_thread
 
 
 def is_rl_checkpoint(path: str) -> bool:
@@ -52,7 +52,8 @@ def evaluate_rl_checkpoint(
     check_rl_config(config)
     target = result_path(out, file, f"eval_{config.eval.episodes}_tasks_seed{config.eval.seed}")
     env = build_environment(config)
-    report = evaluate_rl(loaded.learner.eval(), env, config)
+    with one_thread():
+        report = evaluate_rl(loaded.learner.eval(), env, config)
     rows = [
         f"{name.replace('_', ' ')}: {v['mean']:.2f} ± {v['ci95']:.2f}"
         for name, v in report["stages"].items()
