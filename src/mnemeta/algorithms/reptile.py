@@ -100,6 +100,17 @@ class Reptile(nn.Module):
             metrics["accuracy"] = accuracy(results["out"].detach(), batch.query_y).mean()
         return surrogate, metrics
 
+    def skip_task_draws(self, n_tasks: int, support_size: int) -> None:
+        """Draw and drop the mini-batch orders ``meta_loss`` draws for ``n_tasks`` tasks
+        (:class:`~mnemeta.algorithms.protocol.DrawsPerTask`: a meta-batch split over ranks)."""
+        if n_tasks > 0:
+            _minibatch_order(
+                torch.Size([n_tasks, support_size]),
+                self.inner_steps,
+                self.inner_batch,
+                torch.device("cpu"),
+            )
+
     def adapt(self, support: Support) -> Predictor:
         params = {n: p.detach() for n, p in self.model.named_parameters()}
         order = _minibatch_order(
