@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from mnemeta.algorithms.protocol import MetaLearner, accuracy
+from mnemeta.algorithms.protocol import DrawsPerTask, MetaLearner, accuracy
 from mnemeta.data.sampler import EpisodeSampler
 from mnemeta.errors import ConfigError
 from mnemeta.recipes.distributed import SINGLE, Ranks
@@ -127,6 +127,12 @@ def episode_accuracies(
     accs = torch.empty(hi - lo, dtype=torch.float32)
     done = 0
     part = (lo, hi) if ranks.active else None
+    # A learner that draws per episode from the global RNG (Reptile's adapt) skips the other
+    # ranks' draws, before and after its own: its episodes and the RNG end as in one process.
+    draws = learner if ranks.active and isinstance(learner, DrawsPerTask) else None
+    support_size = sampler.ways * sampler.shots
+    if draws is not None:
+        draws.skip_task_draws(lo, support_size, adapting=True)
     try:
         for batch in sampler.fixed_episodes(episodes, seed=seed, batch_size=per_pass, part=part):
             logits = learner.adapt(batch.support)(batch.query_x)
@@ -135,4 +141,6 @@ def episode_accuracies(
     finally:
         if isinstance(learner, nn.Module):
             learner.train(was_training)
+    if draws is not None:
+        draws.skip_task_draws(episodes - hi, support_size, adapting=True)
     return ranks.assemble(accs, episodes, lo)
