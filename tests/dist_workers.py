@@ -103,8 +103,8 @@ def rank_main(rank: int, world: int, ports: list[int], root: str, scenario: str)
     try:
         if scenario == "train":
             _train_scenario(folder, ports)
-        elif scenario == "die":
-            _die_scenario(folder, ports, rank)
+        elif scenario in ("die", "hang"):
+            _die_scenario(folder, ports, rank, hang=scenario == "hang")
     except BaseException as e:  # reported to the test, which prints it
         (folder / f"error{rank}.txt").write_text(
             json.dumps({"type": type(e).__name__, "message": str(e), "at": time.time()})
@@ -151,12 +151,25 @@ def _memory_scenario(root: Path) -> None:
             hits = memory.search(torch.ones(8), k=20)
             seen = sorted((h.info["rank"], h.info["task"]) for h in hits)
         (root / f"memory_seen{ranks.rank}.json").write_text(json.dumps(seen))
+        # Several machines: the records travel to rank 0, which alone writes its local store.
+        mine = [(ranks.rank, i, torch.full((8,), 1.0 + ranks.rank + i)) for i in range(3)]
+        gathered = ranks.gather_to_main(mine)
+        if ranks.is_main:
+            with TaskMemory(root / "memory_rank0", dim=8) as memory:
+                for rank, i, embedding in gathered:
+                    memory.add(embedding, info={"rank": rank, "task": i})
+                stored = sorted(
+                    [r.info["rank"], r.info["task"]] for r in map(memory.get, memory.ids())
+                )
+            (root / "memory_gathered.json").write_text(json.dumps(stored))
 
 
-def _die_scenario(root: Path, ports: list[int], rank: int) -> None:
-    """Rank 1 dies (as a killed process does: no exception, no goodbye) while drawing step 3."""
+def _die_scenario(root: Path, ports: list[int], rank: int, *, hang: bool) -> None:
+    """Rank 1 dies (as a killed process does: no exception, no goodbye) while drawing step 3,
+    or (``hang``) stops there without dying, as a deadlocked or swapped-out process does."""
     from mnemeta.data.sampler import EpisodeSampler
 
+    RUNS["protonet"] = (RUNS["protonet"][0], [*RUNS["protonet"][1], "train.meta_batch=2"])
     os.environ["MASTER_PORT"] = str(ports[0])
     if rank == 1:
         sample, calls = EpisodeSampler.sample, [0]
@@ -164,8 +177,10 @@ def _die_scenario(root: Path, ports: list[int], rank: int) -> None:
         def dying(self: EpisodeSampler, *args: Any, **kwargs: Any) -> Any:
             calls[0] += 1
             if calls[0] == 3:
+                if hang:
+                    time.sleep(600)  # killed by the test once rank 0 has given up
                 os._exit(3)
             return sample(self, *args, **kwargs)
 
         EpisodeSampler.sample = dying  # type: ignore[method-assign]
-    train("maml", root / "die", steps=STEPS)
+    train("protonet", root / "die", steps=STEPS)

@@ -51,10 +51,16 @@ def free_ports(n: int) -> list[int]:
 
 
 def spawn_ranks(
-    root: Path, scenario: str, *, timeout: float, env: dict[str, str] | None = None
+    root: Path,
+    scenario: str,
+    *,
+    timeout: float,
+    grace: float = 60.0,
+    env: dict[str, str] | None = None,
 ) -> tuple[list[int | None], float]:
-    """Start 2 ranks of ``scenario`` and wait for them (killed after ``timeout`` seconds: a test
-    never hangs); returns their exit codes and the seconds they took."""
+    """Start 2 ranks of ``scenario`` and wait for them (killed after ``timeout`` seconds, and
+    rank 1 ``grace`` seconds after rank 0: a test never hangs); returns their exit codes and the
+    seconds rank 0 took."""
 
     saved = {k: os.environ.get(k) for k in (env or {})}
     os.environ.update(env or {})
@@ -68,9 +74,10 @@ def spawn_ranks(
         t0 = time.perf_counter()
         for p in procs:
             p.start()
-        for p in procs:
-            p.join(max(1.0, timeout - (time.perf_counter() - t0)))
-        seconds = time.perf_counter() - t0
+        procs[0].join(timeout)
+        seconds = time.perf_counter() - t0  # until rank 0 is done
+        for p in procs[1:]:  # a hung rank is not waited for once rank 0 has given up on it
+            p.join(max(1.0, min(grace, timeout - seconds)))
         for p in procs:
             if p.is_alive():
                 p.kill()
@@ -171,12 +178,21 @@ def test_ranks_on_one_host_write_back_to_one_task_memory(two_ranks: Path) -> Non
     everything = sorted([r, t] for r in range(2) for t in range(5))
     for rank in range(2):
         assert json.loads((two_ranks / f"memory_seen{rank}.json").read_text()) == everything
+    # The way for ranks on several machines: gather the records, rank 0 writes them.
+    gathered = json.loads((two_ranks / "memory_gathered.json").read_text())
+    assert gathered == sorted([r, t] for r in range(2) for t in range(3))
 
 
-def test_a_dead_rank_stops_the_other_with_a_clear_error(tmp_path: Path) -> None:
-    codes, seconds = spawn_ranks(tmp_path, "die", timeout=90, env={"MNEMETA_DIST_TIMEOUT": "5"})
-    assert codes[1] == 3  # the dying rank
+@pytest.mark.parametrize("how", ["die", "hang"])
+def test_a_dead_or_hung_rank_stops_the_other_with_a_clear_error(tmp_path: Path, how: str) -> None:
+    """Dead: its connection closes and rank 0 stops at once. Hung: rank 0 gives up when the
+    collective's timeout (``MNEMETA_DIST_TIMEOUT``, 5 s here) runs out."""
+    codes, seconds = spawn_ranks(
+        tmp_path, how, timeout=90, grace=2, env={"MNEMETA_DIST_TIMEOUT": "5"}
+    )
     assert codes[0] == 1, "rank 0 should have stopped with an error"
+    if how == "die":
+        assert codes[1] == 3
     report = json.loads((tmp_path / "error0.txt").read_text().splitlines()[0])
     assert report["type"] == "DistributedError"
     assert "\n" not in report["message"]

@@ -49,6 +49,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -180,6 +181,19 @@ class Ranks:
         self._collective("hearing from rank 0", lambda: dist.broadcast_object_list(box, src=0))
         if box[0] is not None and not self.is_main:
             raise DistributedError(f"rank 0 stopped the run: {box[0]}")
+
+    def gather_to_main(self, items: list[T]) -> list[T]:
+        """Every rank's ``items``, concatenated in rank order, on rank 0 (``[]`` on the others):
+        for writing records from ranks on several machines into one task memory on rank 0's,
+        since a store on a network file system is not supported (SQLite's WAL needs one host)."""
+        if not self.active:
+            return list(items)
+        parts: list[list[T] | None] | None = [None] * self.world_size if self.is_main else None
+        self._collective(
+            "gathering records to rank 0",
+            lambda: dist.gather_object(list(items), parts, dst=0),
+        )
+        return [x for part in parts or [] for x in (part or [])]
 
     def barrier(self) -> None:
         """Wait for every rank (e.g. after each has written its records to a task memory)."""
@@ -383,5 +397,7 @@ def _common_dtype(tensors: Sequence[Tensor]) -> torch.dtype:
 
 
 def _first_line(e: BaseException) -> str:
+    """The first line of an error, without gloo's ``[path/to/source.cc:123]`` prefix."""
     text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    text = re.sub(r"^\[[^\]]*\.(cc|cpp|h|hpp):\d+\]\s*", "", text)
     return text if len(text) <= 160 else text[:160].rsplit(" ", 1)[0] + " …"
