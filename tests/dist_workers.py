@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 import traceback
@@ -127,6 +128,8 @@ def _train_scenario(root: Path, ports: list[int]) -> None:
     train("mann_nowipe", root / "mann_nowipe", steps=STEPS, resume=True)
     os.environ["MASTER_PORT"] = str(next(port))
     train("maml", root / "maml_resumed", steps=STOP)
+    if int(os.environ["RANK"]) == 0:  # kept for a resume by one process
+        shutil.copytree(root / "maml_resumed", root / "maml_at_stop")
     os.environ["MASTER_PORT"] = str(next(port))
     train("maml", root / "maml_resumed", steps=STEPS, resume=True)
     os.environ["MASTER_PORT"] = str(next(port))
