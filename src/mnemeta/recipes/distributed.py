@@ -125,7 +125,7 @@ class Ranks:
             for p, g in zip(params, grads, strict=True)
         ]
         weighted += [b.detach().reshape(-1).to(dtype) for b in buffers]
-        weighted += [torch.stack([v.detach().to(device, dtype) for v in metrics.values()])]
+        weighted += [v.detach().to(device, dtype).reshape(1) for v in metrics.values()]
         flat = torch.cat(weighted).mul_(weight)
         counts = [float(g is not None) for g in grads] + [float(v) for v in votes]
         flat = torch.cat([flat, torch.tensor(counts, dtype=dtype, device=device)])
