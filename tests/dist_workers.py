@@ -154,6 +154,9 @@ def _memory_scenario(root: Path) -> None:
             hits = memory.search(torch.ones(8), k=20)
             seen = sorted((h.info["rank"], h.info["task"]) for h in hits)
         (root / f"memory_seen{ranks.rank}.json").write_text(json.dumps(seen))
+        # A task mean from unequal shares (2 tasks of value 1 on rank 0, 1 of value 4 on rank 1).
+        mean = ranks.weighted_sum(torch.tensor([1.0, 4.0][ranks.rank]), [2 / 3, 1 / 3][ranks.rank])
+        (root / f"weighted_sum{ranks.rank}.json").write_text(json.dumps(float(mean)))
         # Several machines: the records travel to rank 0, which alone writes its local store.
         mine = [(ranks.rank, i, torch.full((8,), 1.0 + ranks.rank + i)) for i in range(3)]
         gathered = ranks.gather_to_main(mine)

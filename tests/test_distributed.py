@@ -174,6 +174,12 @@ def test_resume_under_two_ranks_gives_the_uninterrupted_run(
     assert_same_run(resumed, one_rank / name)
 
 
+def test_weighted_sum_is_the_mean_over_all_tasks(two_ranks: Path) -> None:
+    for rank in range(2):
+        value = json.loads((two_ranks / f"weighted_sum{rank}.json").read_text())
+        assert value == pytest.approx(2.0, rel=1e-12)  # (1 + 1 + 4) / 3
+
+
 def test_a_two_rank_checkpoint_resumes_in_one_process(two_ranks: Path, one_rank: Path) -> None:
     """A run's state does not depend on the world size: stopped under 2 ranks, continued by
     one process, it is still the uninterrupted run."""

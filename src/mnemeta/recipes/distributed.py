@@ -151,6 +151,17 @@ class Ranks:
                     p.grad = None  # no rank has a gradient for it: as in one process
         return averaged, [c > 0 for c in tally[len(params) :]]
 
+    def weighted_sum(self, value: Tensor, weight: float) -> Tensor:
+        """``Σ_r weight_r · value_r`` on every rank (one all-reduce): the mean over all tasks of
+        a quantity each rank averaged over its ``n_r`` tasks, with ``weight = n_r / B``. For
+        loops whose outer step needs more than one gradient (TRPO's Fisher-vector products and
+        line search in meta-RL); ``value`` itself is not changed."""
+        if not self.active:
+            return value
+        total = value.detach().mul(weight)
+        self._collective("an all-reduce of a task mean", lambda: dist.all_reduce(total))
+        return total
+
     def assemble(self, local: Tensor, total: int, lo: int) -> Tensor:
         """The ``(total, ...)`` tensor whose rows ``[lo, lo + len(local))`` each rank holds,
         on every rank (a sum of zero-padded parts: exact, whatever the dtype)."""
