@@ -62,13 +62,18 @@ def one_run(arm: str, preset: str, settings: list[str], steps: int) -> dict[str,
             args += ["--set", item]
         if arm == ARMS[0]:
             launcher = str(torchrun) if torchrun.exists() else shutil.which("torchrun")
-            argv = [launcher or "torchrun", "--nproc_per_node", "2", "-m", "mnemeta", *args]
+            # --standalone: a free local port for the rendezvous (29500 may be in use).
+            argv = [launcher or "torchrun", "--standalone", "--nproc_per_node", "2"]
+            argv += ["-m", "mnemeta", *args]
             threads = "1"
         else:
             argv = [sys.executable, "-m", "mnemeta", *args]
             threads = "2"
         env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-        subprocess.run(argv, check=True, env=env, capture_output=True, text=True)
+        run = subprocess.run(argv, env=env, capture_output=True, text=True)
+        if run.returncode != 0:
+            lines = [x for x in (run.stderr + run.stdout).splitlines() if "error" in x.lower()]
+            raise SystemExit(f"{arm} failed: {(lines or ['no error line'])[0]}")
         result = json.loads((out / "result.json").read_text())
         batch = int(json.loads((out / "config.json").read_text())["train"]["meta_batch"])
     seconds = float(result["seconds"]["train"])
@@ -92,6 +97,9 @@ def main() -> int:
             for arm in order:
                 runs[arm].append(one_run(arm, preset, settings, args.steps))
                 print(f"{name} repeat {rep + 1} {arm}: {runs[arm][-1]}", flush=True)
+                # Written after every run: a shared machine may stall an arm for minutes.
+                record["workloads"][name] = {"preset": preset, "settings": settings, "runs": runs}
+                args.out.write_text(json.dumps(record, indent=2) + "\n")
             ratios.append(runs[ARMS[0]][-1]["tasks_per_s"] / runs[ARMS[1]][-1]["tasks_per_s"])
         tps = {arm: [r["tasks_per_s"] for r in runs[arm]] for arm in ARMS}
         verdict = (
