@@ -255,12 +255,16 @@ def _train(args: argparse.Namespace) -> int:
         from mnemeta.recipes.sequence_train import sequence_train
 
         sequence_train(run, resume=resume, progress=args.progress, overwrite=args.overwrite)
+        if not _main_rank():
+            return 0  # under torchrun, rank 0 prints the result
         print((run.run_dir / "result.md").read_text().strip())
         print(f"results, checkpoint and curves: {run.run_dir}/")
         return 0
     from mnemeta.recipes.meta_train import meta_train
 
     summary = meta_train(run, resume=resume, progress=args.progress, overwrite=args.overwrite)
+    if not _main_rank():
+        return 0  # under torchrun, rank 0 prints the result
     test, seconds = summary["test"], summary["seconds"]
     resumed = summary["resumed_from_step"] is not None
     print(
@@ -286,12 +290,21 @@ def _resumed_config(args: argparse.Namespace, overrides: list[str]) -> tuple[Con
     config, step = resume_config(checkpoint, overrides)
     if args.out is None:
         config.out_dir = str(checkpoint.parent)  # the run continues where its checkpoint is
+    if not _main_rank():
+        return config, str(checkpoint)
     print(
         f"resuming {config.run_dir} at step {step} of {config.train.steps}, with the run's own "
         "config" + (f" and --set {', '.join(args.overrides)}" if args.overrides else ""),
         flush=True,
     )
     return config, str(checkpoint)
+
+
+def _main_rank() -> bool:
+    """Whether this process prints: rank 0 under torchrun, or the one process."""
+    from mnemeta.recipes.distributed import is_main_process
+
+    return is_main_process()
 
 
 def _evaluate(args: argparse.Namespace) -> int:

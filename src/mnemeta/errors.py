@@ -45,3 +45,8 @@ class TrainingInterrupted(MnemetaError):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class DistributedError(MnemetaError):
+    """A multi-process run (torchrun) cannot start or continue: a rank died, hung or failed, a
+    collective timed out, or the launch settings do not fit the run."""

@@ -33,6 +33,20 @@ class MetaLearner(Protocol):
         ...
 
 
+@runtime_checkable
+class DrawsPerTask(Protocol):
+    """A learner whose ``meta_loss`` draws from the global RNG, task after task (Reptile's
+    mini-batch orders, in training and in ``adapt``). When a meta-batch or an evaluation is
+    split over processes, each process skips the draws of the tasks before and after its own,
+    so that its tasks get the draws they get in one process and every process's RNG ends where
+    one process's does."""
+
+    def skip_task_draws(self, n_tasks: int, support_size: int, *, adapting: bool = False) -> None:
+        """Draw and drop what ``meta_loss`` (``adapting``: ``adapt``) draws for ``n_tasks``
+        tasks of ``support_size`` support examples each."""
+        ...
+
+
 def embed_tasks(encoder: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     """``(tasks, n, *input_shape)`` -> ``(tasks, n, D)``: one encoder call for all tasks."""
     t, n = x.shape[:2]

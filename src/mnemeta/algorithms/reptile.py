@@ -100,6 +100,18 @@ class Reptile(nn.Module):
             metrics["accuracy"] = accuracy(results["out"].detach(), batch.query_y).mean()
         return surrogate, metrics
 
+    def skip_task_draws(self, n_tasks: int, support_size: int, *, adapting: bool = False) -> None:
+        """Draw and drop the mini-batch orders ``meta_loss`` (``adapting``: ``adapt``) draws for
+        ``n_tasks`` tasks (:class:`~mnemeta.algorithms.protocol.DrawsPerTask`: a meta-batch or an
+        evaluation split over ranks)."""
+        if n_tasks > 0:
+            _minibatch_order(
+                torch.Size([n_tasks, support_size]),
+                self.eval_inner_steps if adapting else self.inner_steps,
+                self.eval_inner_batch if adapting else self.inner_batch,
+                torch.device("cpu"),
+            )
+
     def adapt(self, support: Support) -> Predictor:
         params = {n: p.detach() for n, p in self.model.named_parameters()}
         order = _minibatch_order(

@@ -35,13 +35,19 @@ class SequenceTask(Protocol):
     metrics to log (detached scalars) and the network's final state (``carry``, passed back at
     the next step, for tasks that keep memory across batches). ``evaluate`` returns the JSON
     report; ``get_state``/``set_state`` save and restore the sampler's generator for resuming.
+    ``part=(lo, hi)`` trains on sequences ``lo..hi-1`` of the batch alone (one rank's share),
+    drawn as the whole batch; the loss and metrics are then means over the share.
     """
 
     inputs: int
     outputs: int
 
     def train_loss(
-        self, model: MemoryAugmentedNetwork, batch: int, carry: RecurrentState | None
+        self,
+        model: MemoryAugmentedNetwork,
+        batch: int,
+        carry: RecurrentState | None,
+        part: tuple[int, int] | None = None,
     ) -> tuple[Tensor, dict[str, Tensor], RecurrentState]: ...
 
     def evaluate(self, model: MemoryAugmentedNetwork) -> dict[str, Any]: ...
@@ -80,9 +86,13 @@ class CopyTask:
         self.inputs, self.outputs = sampler.bits + 1, sampler.bits
 
     def train_loss(
-        self, model: MemoryAugmentedNetwork, batch: int, carry: RecurrentState | None
+        self,
+        model: MemoryAugmentedNetwork,
+        batch: int,
+        carry: RecurrentState | None,
+        part: tuple[int, int] | None = None,
     ) -> tuple[Tensor, dict[str, Tensor], RecurrentState]:
-        data = self.sampler.sample(batch)
+        data = self.sampler.sample(batch, part)
         loss, errors, state = self._run(model, data.inputs, data.targets)
         return loss, {"loss": loss.detach(), "bits_wrong": errors.mean()}, state
 
@@ -155,10 +165,15 @@ class OneShotTask:
         self.outputs = sampler.classes
 
     def train_loss(
-        self, model: MemoryAugmentedNetwork, batch: int, carry: RecurrentState | None
+        self,
+        model: MemoryAugmentedNetwork,
+        batch: int,
+        carry: RecurrentState | None,
+        part: tuple[int, int] | None = None,
     ) -> tuple[Tensor, dict[str, Tensor], RecurrentState]:
-        data = self.sampler.sample(batch)
-        logits, state = model(data.inputs(self.classes), self._start(model, carry, batch))
+        data = self.sampler.sample(batch, part)
+        n = batch if part is None else part[1] - part[0]
+        logits, state = model(data.inputs(self.classes), self._start(model, carry, n))
         loss = nn.functional.cross_entropy(logits.flatten(0, 1), data.labels.flatten())
         correct = (logits.argmax(-1) == data.labels).float()
         second = (correct * (data.instance == 2)).sum() / (data.instance == 2).sum()

@@ -33,14 +33,15 @@ def make_glyphs(
         seed: the same seed gives the same dataset, bit for bit, on any machine.
     """
     g = torch.Generator().manual_seed(seed)
+    f32 = torch.float32  # rendered in float32 whatever the default dtype: the same bits always
     s = float(image_size)
     # Class prototypes: (classes, strokes, 3 control points, xy), inside the central 70%.
-    controls = 0.15 * s + 0.7 * s * torch.rand(n_classes, strokes, 3, 2, generator=g)
+    controls = 0.15 * s + 0.7 * s * torch.rand(n_classes, strokes, 3, 2, generator=g, dtype=f32)
     drawn = controls.unsqueeze(1) + jitter * torch.randn(
-        n_classes, per_class, strokes, 3, 2, generator=g
+        n_classes, per_class, strokes, 3, 2, generator=g, dtype=f32
     )
-    drawn = drawn + 1.5 * torch.randn(n_classes, per_class, 1, 1, 2, generator=g)  # shift
-    t = torch.linspace(0.0, 1.0, 24).view(1, 1, 1, -1, 1)
+    drawn = drawn + 1.5 * torch.randn(n_classes, per_class, 1, 1, 2, generator=g, dtype=f32)
+    t = torch.linspace(0.0, 1.0, 24, dtype=f32).view(1, 1, 1, -1, 1)
     p0, p1, p2 = drawn[..., 0:1, :], drawn[..., 1:2, :], drawn[..., 2:3, :]
     points = (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t**2 * p2  # (C, P, strokes, 24, 2)
     points = points.reshape(n_classes * per_class, -1, 2)

@@ -58,17 +58,30 @@ class EpisodeSampler:
         self.generator = torch.Generator().manual_seed(seed)
         self._counts_cpu = data.counts.cpu()
 
-    def sample(self, n_tasks: int = 1) -> EpisodeBatch:
+    def sample(self, n_tasks: int = 1, part: tuple[int, int] | None = None) -> EpisodeBatch:
         """A batch of ``n_tasks`` episodes; images as float in ``[0, 1]`` on the device (features
-        and token ids unchanged)."""
+        and token ids unchanged).
+
+        ``part=(lo, hi)`` returns only episodes ``lo..hi-1`` of the batch (one rank's share of a
+        meta-batch) but draws the whole batch's indices: the generator moves as for the whole
+        batch, so every rank's sampler stays in step and the shares together are the batch one
+        process draws. Only the share's images are gathered."""
         classes, drawings = self._draw_indices(n_tasks, self.generator)
+        if part is not None:
+            classes, drawings = classes[part[0] : part[1]], drawings[part[0] : part[1]]
         return self._gather(classes, drawings)
 
     def fixed_episodes(
-        self, n_episodes: int, *, seed: int, batch_size: int = 100
+        self,
+        n_episodes: int,
+        *,
+        seed: int,
+        batch_size: int = 100,
+        part: tuple[int, int] | None = None,
     ) -> Iterator[EpisodeBatch]:
         """The same ``n_episodes`` episodes every time for a given seed, in batches of
-        ``batch_size`` (the last one smaller).
+        ``batch_size`` (the last one smaller). ``part=(lo, hi)``: only episodes ``lo..hi-1`` of
+        them (one rank's share of an evaluation), the same episodes as in the whole set.
 
         Used for evaluation, so that two checkpoints are compared on identical episodes. A
         private generator is used: drawing them does not move the training stream.
@@ -83,11 +96,17 @@ class EpisodeSampler:
         # Chunks are drawn as they are needed; a batch may span two (or more) of them.
         classes = torch.empty(0, self.ways, dtype=torch.long)
         drawings = torch.empty(0, self.ways, self.shots + self.queries, dtype=torch.long)
+        lo, hi = part if part is not None else (0, n_episodes)
         for start in range(0, n_episodes, _CHUNK):
+            end = min(start + _CHUNK, n_episodes)
+            if end <= lo or start >= hi:
+                continue  # a chunk has its own generator: skipping it moves nothing
             c, d = self._draw_indices(
-                min(_CHUNK, n_episodes - start),
-                torch.Generator().manual_seed(seed * 1_000_003 + start),
+                end - start, torch.Generator().manual_seed(seed * 1_000_003 + start)
             )
+            if lo > start or hi < end:
+                keep = slice(max(lo, start) - start, min(hi, end) - start)
+                c, d = c[keep], d[keep]
             classes, drawings = torch.cat([classes, c]), torch.cat([drawings, d])
             while classes.shape[0] >= batch_size:
                 yield self._gather(classes[:batch_size], drawings[:batch_size])
@@ -169,11 +188,11 @@ def distinct_integers(rows: int, k: int, n: int, generator: torch.Generator) -> 
 
 
 def _to_unit_float(pixels: Tensor) -> Tensor:
-    """uint8 ``[0, 255]`` -> float32 ``[0, 1]``; float features (embeddings) and int64 token ids
-    as they are."""
+    """uint8 ``[0, 255]`` -> float ``[0, 1]`` of the default dtype (float32 unless a test runs in
+    float64); float features (embeddings) and int64 token ids as they are."""
     if pixels.dtype != torch.uint8:
         return pixels
-    return pixels.to(torch.float32).mul_(1.0 / 255.0)
+    return pixels.to(torch.get_default_dtype()).mul_(1.0 / 255.0)
 
 
 def check_episode_shape(

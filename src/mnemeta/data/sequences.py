@@ -35,7 +35,8 @@ def copy_batch(batch: int, length: int, bits: int = 8, *, generator: torch.Gener
     """The copy task of Graves et al. (2014, §4.1) for one sequence length."""
     if length < 1 or bits < 1:
         raise ConfigError(f"copy task needs length >= 1 and bits >= 1; got {length}, {bits}")
-    vectors = torch.randint(0, 2, (batch, length, bits), generator=generator).float()
+    vectors = torch.randint(0, 2, (batch, length, bits), generator=generator)
+    vectors = vectors.to(torch.get_default_dtype())  # float32 unless a test runs in float64
     inputs = torch.zeros(batch, 2 * length + 1, bits + 1)
     inputs[:, :length, :bits] = vectors
     inputs[:, length, bits] = 1.0  # the delimiter channel
@@ -55,11 +56,16 @@ class CopySampler:
         self.bits, self.min_length, self.max_length = bits, min_length, max_length
         self.generator = torch.Generator().manual_seed(seed)
 
-    def sample(self, batch: int) -> CopyBatch:
+    def sample(self, batch: int, part: tuple[int, int] | None = None) -> CopyBatch:
+        """``part=(lo, hi)``: sequences ``lo..hi-1`` of the batch, drawn as the whole batch (the
+        generator moves as for ``batch``: see :meth:`EpisodeSampler.sample`)."""
         length = int(
             torch.randint(self.min_length, self.max_length + 1, (), generator=self.generator)
         )
-        return copy_batch(batch, length, self.bits, generator=self.generator)
+        data = copy_batch(batch, length, self.bits, generator=self.generator)
+        if part is None:
+            return data
+        return CopyBatch(data.inputs[part[0] : part[1]], data.targets[part[0] : part[1]])
 
     def get_state(self) -> Tensor:
         return self.generator.get_state()
@@ -122,8 +128,10 @@ class OneShotSequenceSampler:
         self.device = torch.device(device)
         self.generator = torch.Generator().manual_seed(seed)
 
-    def sample(self, batch: int) -> OneShotBatch:
-        return self._draw(batch, self.generator)
+    def sample(self, batch: int, part: tuple[int, int] | None = None) -> OneShotBatch:
+        """``part=(lo, hi)``: episodes ``lo..hi-1`` of the batch, drawn as the whole batch (the
+        generator moves as for ``batch``: see :meth:`EpisodeSampler.sample`)."""
+        return self._draw(batch, self.generator, part)
 
     def fixed_episodes(self, n: int, seed: int, batch_size: int = 100) -> list[OneShotBatch]:
         """The same ``n`` episodes for a given seed, whatever the training state."""
@@ -137,7 +145,9 @@ class OneShotSequenceSampler:
     def set_state(self, state: Tensor) -> None:
         self.generator.set_state(state)
 
-    def _draw(self, batch: int, generator: torch.Generator) -> OneShotBatch:
+    def _draw(
+        self, batch: int, generator: torch.Generator, part: tuple[int, int] | None = None
+    ) -> OneShotBatch:
         n, k = self.classes, self.instances
         per_class = self.data.images.shape[1]
         classes, drawings = draw_classes(self.data.counts.cpu(), per_class, batch, n, k, generator)
@@ -145,6 +155,9 @@ class OneShotSequenceSampler:
         labels = torch.arange(n).repeat_interleave(k).expand(batch, -1)
         order = torch.rand(batch, n * k, generator=generator).argsort(dim=1)
         rows, labels = rows.gather(1, order), labels.gather(1, order)
+        if part is not None:  # indices drawn for the whole batch, images gathered for the part
+            rows, labels = rows[part[0] : part[1]], labels[part[0] : part[1]]
+            batch = rows.shape[0]
         flat = self.data.images.reshape(-1, self.data.images[0, 0].numel())
         images = flat.index_select(0, rows.reshape(-1)).reshape(batch, n * k, -1)
         onehot = torch.nn.functional.one_hot(labels, n)
@@ -152,7 +165,7 @@ class OneShotSequenceSampler:
         # Pixels to [0, 1]; feature vectors (sentence embeddings) as they are.
         scale = 1.0 / 255.0 if self.data.images.dtype == torch.uint8 else 1.0
         return OneShotBatch(
-            images=images.to(self.device, torch.float32).mul_(scale),
+            images=images.to(self.device, torch.get_default_dtype()).mul_(scale),
             labels=labels.to(self.device),
             instance=instance.to(self.device),
         )

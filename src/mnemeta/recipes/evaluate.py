@@ -11,7 +11,9 @@ depends neither on the number of episodes nor, beyond one episode, on the ways.
 The numbers do not depend on how episodes are batched: the same seed gives the same episodes
 whatever the batch size, and every learner adapts to each episode of a batch independently
 (its own prototypes, its own inner loop under vmap, its own fine-tuned head; the contract suite
-checks batch = per-task loop), so the accuracies, hence mean ± CI, are the same.
+checks batch = per-task loop), so the accuracies, hence mean ± CI, are the same. For the same
+reason a run over several processes (torchrun) shards the episodes: each rank scores a
+contiguous range of them and the accuracies are gathered in order, giving one process's mean ± CI.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from mnemeta.algorithms.protocol import MetaLearner, accuracy
+from mnemeta.algorithms.protocol import DrawsPerTask, MetaLearner, accuracy
 from mnemeta.data.sampler import EpisodeSampler
 from mnemeta.errors import ConfigError
+from mnemeta.recipes.distributed import SINGLE, Ranks
 from mnemeta.stats import mean_ci95
 
 # Images per forward pass, at most (support and query counted together). Measured for Conv-4 on
@@ -76,6 +79,7 @@ def evaluate(
     batch_size: int = 50,
     split: str = "test",
     max_images: int = MAX_IMAGES_PER_PASS,
+    ranks: Ranks = SINGLE,
 ) -> EvalResult:
     """Adapt to each of ``episodes`` fixed episodes and score its queries.
 
@@ -83,11 +87,19 @@ def evaluate(
         batch_size: episodes per forward pass, at most (``eval.batch_size``).
         max_images: images per forward pass, at most, unless one episode alone has more (see
             :data:`MAX_IMAGES_PER_PASS`). Neither changes the result, only memory and speed.
+        ranks: under torchrun, every rank calls this; each scores its share of the episodes and
+            all get the whole result.
 
     The learner is put in ``eval()`` mode (BN running statistics) for the duration and restored.
     """
     accs = episode_accuracies(
-        learner, sampler, episodes=episodes, seed=seed, batch_size=batch_size, max_images=max_images
+        learner,
+        sampler,
+        episodes=episodes,
+        seed=seed,
+        batch_size=batch_size,
+        max_images=max_images,
+        ranks=ranks,
     )
     mean, ci = mean_ci95(accs * 100.0)
     return EvalResult(mean, ci, episodes, sampler.ways, sampler.shots, sampler.queries, split)
@@ -102,6 +114,7 @@ def episode_accuracies(
     seed: int,
     batch_size: int = 50,
     max_images: int = MAX_IMAGES_PER_PASS,
+    ranks: Ranks = SINGLE,
 ) -> torch.Tensor:
     """The accuracy (a fraction) of each of the ``episodes`` fixed episodes, ``(episodes,)``: what
     :func:`evaluate` summarises, and what a paired comparison of two learners needs."""
@@ -110,14 +123,24 @@ def episode_accuracies(
     if isinstance(learner, nn.Module):
         learner.eval()
     # One float per episode, filled in place: nothing but the current pass's tensors is alive.
-    accs = torch.empty(episodes, dtype=torch.float32)
+    lo, hi = ranks.shard(episodes)
+    accs = torch.empty(hi - lo, dtype=torch.float32)
     done = 0
+    part = (lo, hi) if ranks.active else None
+    # A learner that draws per episode from the global RNG (Reptile's adapt) skips the other
+    # ranks' draws, before and after its own: its episodes and the RNG end as in one process.
+    draws = learner if ranks.active and isinstance(learner, DrawsPerTask) else None
+    support_size = sampler.ways * sampler.shots
+    if draws is not None:
+        draws.skip_task_draws(lo, support_size, adapting=True)
     try:
-        for batch in sampler.fixed_episodes(episodes, seed=seed, batch_size=per_pass):
+        for batch in sampler.fixed_episodes(episodes, seed=seed, batch_size=per_pass, part=part):
             logits = learner.adapt(batch.support)(batch.query_x)
             accs[done : done + batch.n_tasks] = accuracy(logits, batch.query_y).cpu()
             done += batch.n_tasks
     finally:
         if isinstance(learner, nn.Module):
             learner.train(was_training)
-    return accs
+    if draws is not None:
+        draws.skip_task_draws(episodes - hi, support_size, adapting=True)
+    return ranks.assemble(accs, episodes, lo)

@@ -26,22 +26,34 @@ class MetricsLog:
 
     On resume, rows after ``resume_step`` (written by the interrupted run after its last
     checkpoint) are dropped first, so the files read as one uninterrupted run.
+
+    ``write=False`` (ranks other than 0 under torchrun) keeps the rows in memory and touches no
+    file: rank 0 owns the run's files.
     """
 
-    def __init__(self, run_dir: Path, *, resume_step: int | None = None) -> None:
+    def __init__(
+        self, run_dir: Path, *, resume_step: int | None = None, write: bool = True
+    ) -> None:
         self.jsonl = run_dir / "metrics.jsonl"
         self.csv = run_dir / "metrics.csv"
+        self.write = write
+        self.tensorboard: Any = None
+        if not write:
+            self.rows: list[dict[str, Any]] = []
+            return
         rows = []
         if resume_step is not None and self.jsonl.exists():
             rows = [json.loads(line) for line in self.jsonl.read_text().splitlines() if line]
             rows = [r for r in rows if r["step"] <= resume_step]
-        self.rows: list[dict[str, Any]] = rows
+        self.rows = rows
         self.jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
         self._rewrite_csv()
         self.tensorboard = _tensorboard_writer(run_dir)
 
     def log(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
+        if not self.write:
+            return
         with self.jsonl.open("a") as f:
             f.write(json.dumps(row) + "\n")
         self._rewrite_csv()  # columns may grow (eval rows); small files, so rewrite whole

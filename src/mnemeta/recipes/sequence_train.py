@@ -4,11 +4,17 @@ the tasks' losses, metrics and evaluation are in :mod:`mnemeta.algorithms.sequen
 
 build (task, network, optimiser) -> loop: sample a batch of sequences -> forward over time ->
 loss -> backward -> clip -> step -> log, checkpoint -> final evaluation, report and plots.
+
+Under ``torchrun`` each rank trains on its share of the batch of sequences and the gradients are
+averaged over the ranks before the clip (:mod:`mnemeta.recipes.distributed`); rank 0 writes,
+prints and runs the final evaluation (sequence evaluations carry state from batch to batch, so
+they are not sharded).
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 from typing import Any
@@ -34,10 +40,10 @@ from mnemeta.recipes.build import (
     build_splits,
     device_name,
     learner_spec,
-    pick_device,
     pick_split,
 )
 from mnemeta.recipes.clock import TrainingClock
+from mnemeta.recipes.distributed import Ranks, process_group, run_folder, running_statistics
 from mnemeta.recipes.interrupt import StopRequests
 from mnemeta.recipes.logging import MetricsLog, log_period
 from mnemeta.recipes.meta_train import build_optimizer, build_schedule
@@ -103,18 +109,35 @@ def sequence_train(
             f"train.compile={config.train.compile!r} applies to the episodic learners' meta-loss; "
             f"the sequence models ({config.model.algorithm}) run eagerly: leave it at 'off'"
         )
-    with RunFolder(config.run_dir, resume=resume is not None, overwrite=overwrite) as folder:
-        return _sequence_train(config, folder, resume, progress)
+    with (
+        process_group(config.device) as (ranks, device),
+        run_folder(ranks, config.run_dir, resume=resume is not None, overwrite=overwrite) as folder,
+    ):
+        if ranks.world_size > config.train.meta_batch:
+            raise ConfigError(
+                f"train.meta_batch={config.train.meta_batch} sequences cannot be shared by "
+                f"{ranks.world_size} ranks; raise train.meta_batch to at least "
+                f"{ranks.world_size} (a multiple of it uses every rank evenly) or start fewer ranks"
+            )
+        return _sequence_train(config, folder, resume, progress, ranks, device)
 
 
 def _sequence_train(
-    config: Config, folder: RunFolder, resume: str | None, progress: bool | None
+    config: Config,
+    folder: RunFolder,
+    resume: str | None,
+    progress: bool | None,
+    ranks: Ranks,
+    device: torch.device,
 ) -> dict[str, Any]:
     t_start = time.perf_counter()
     tc = config.train
-    device = pick_device(config.device)
     run_dir = config.run_dir
-    show = sys.stderr.isatty() if progress is None else progress
+    main = ranks.is_main  # rank 0 (or the one process): the only one that writes and prints
+    show = (sys.stderr.isatty() if progress is None else progress) and main
+    # This rank's share of every batch of sequences: all of it for one process.
+    lo, hi = ranks.shard(tc.meta_batch)
+    part = (lo, hi) if ranks.active else None
 
     # ---- build ----
     torch.manual_seed(config.seed)
@@ -139,16 +162,22 @@ def _sequence_train(
         count = int(state["count"])
         start = int(state["step"])
         if state.get("carry") is not None:
-            carry = _carry_from_tensors(model, state["carry"], device)
+            carry = _carry_from_tensors(model, [t[lo:hi] for t in state["carry"]], device)
         clock = resumed_clock(state, config, resume, evaluated=(run_dir / "result.json").is_file())
+    ranks.broadcast_module(model)
+    statistics = running_statistics(model) if ranks.active else []
     folder.begin()
-    atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
-    log = MetricsLog(run_dir, resume_step=start if resume is not None else None)
+    if main:
+        atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+    log = MetricsLog(run_dir, resume_step=start if resume is not None else None, write=main)
 
     def checkpoint(step: int) -> None:
         keep = None
         if carry is not None and not _wipes(config):
-            keep = [t.detach().cpu() for t in carry.memory]
+            # Every rank's share of the carried memory, in batch order: rank 0 saves it whole.
+            keep = [ranks.assemble(t.detach(), tc.meta_batch, lo).cpu() for t in carry.memory]
+        if not main:
+            return
         save_checkpoint(
             run_dir / "checkpoint.pt",
             {
@@ -179,9 +208,17 @@ def _sequence_train(
     log_every = log_period(config)
     with StopRequests() as stop:
         for step in bar:
-            loss, metrics, carry = task.train_loss(model, tc.meta_batch, carry)
+            loss, metrics, carry = task.train_loss(model, tc.meta_batch, carry, part)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if ranks.active:
+                metrics, (stopping, out_of_time) = ranks.reduce_step(
+                    list(model.parameters()),
+                    metrics,
+                    weight=(hi - lo) / tc.meta_batch,
+                    buffers=statistics,
+                    votes=(stop.requested, clock.out_of_time()),
+                )
             if tc.grad_clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
             optimizer.step()
@@ -190,7 +227,8 @@ def _sequence_train(
                 running[k] = running.get(k, torch.zeros((), device=device)) + v.detach()
             count += 1
             done = step + 1
-            out_of_time = clock.out_of_time()
+            if not ranks.active:
+                out_of_time = clock.out_of_time()
             last = done == tc.steps or out_of_time
             if done % log_every == 0 or last:
                 row: dict[str, Any] = {"step": done, "sequences": done * tc.meta_batch}
@@ -208,25 +246,34 @@ def _sequence_train(
                     f"{k} {row[k]:.4g}" for k in ("loss", "bits_wrong", "accuracy_2nd") if k in row
                 )
                 bar.set_postfix_str(summary_line)
-                if not show:
+                if not show and main:
                     print(
                         f"step {done}/{tc.steps}  {summary_line}  {row['seconds']:.0f}s", flush=True
                     )
-            elif not show and done == start + 1:
+            elif not show and main and done == start + 1:
                 # Without a progress bar, say at once that training runs (the first logged
                 # line may be minutes away); not a metrics row, so resumed logs stay exact.
                 print(f"step {done}/{tc.steps}  (a line every {log_every} steps)", flush=True)
-            if done % tc.checkpoint_every == 0 or last or stop.requested:
+            if not ranks.active:
+                stopping = stop.requested
+            if done % tc.checkpoint_every == 0 or last or stopping:
                 checkpoint(done)
-            if stop.requested and not last:
+            if stopping and not last:
+                if stop.signal is None:  # another rank was signalled: stop as it does
+                    stop.signal = signal.SIGTERM
                 bar.close()
                 log.close()
                 raise stop.interrupted(done, tc.steps, run_dir)
             if out_of_time:
-                clock.announce_stop(done, tc.steps)
+                if main:
+                    clock.announce_stop(done, tc.steps)
                 break
     bar.close()
     t_train = clock.finish(device)
+    if not main:
+        log.close()
+        # Rank 0 evaluates and writes the results; this rank's part of the run is done.
+        return {"name": config.name, "steps_done": done, "rank": ranks.rank, "test": None}
 
     # ---- final evaluation, report, plots ----
     model.eval()
@@ -253,6 +300,8 @@ def _sequence_train(
         },
         "resumed_from_step": start if resume is not None else None,
     }
+    if ranks.active:
+        summary["world_size"] = ranks.world_size
     atomic_write_text(run_dir / "result.json", json.dumps(summary, indent=2) + "\n")
     atomic_write_text(run_dir / "result.md", _markdown(summary) + "\n")
     from mnemeta.recipes.plots import plot_copy_weights, plot_sequence_curves
