@@ -121,3 +121,11 @@ def test_rl2_trains_and_resumes_exactly_through_the_recipe(tmp_path: Path) -> No
     assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in _rows(tmp_path / "b")]
     a = json.loads((tmp_path / "a" / "result.json").read_text())["test"]
     assert a == json.loads((tmp_path / "b" / "result.json").read_text())["test"]
+
+
+def test_torchrun_is_refused_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in (("WORLD_SIZE", "2"), ("RANK", "0"), ("LOCAL_RANK", "0")):
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ConfigError, match="train in one process for now"):
+        rl_train(navigation_config(tmp_path / "t", "train.steps=1"), progress=False)
+    assert not (tmp_path / "t").exists()

@@ -70,6 +70,17 @@ def check_rl_config(config: Config) -> None:
             f"train.compile={config.train.compile!r} applies to the episodic learners; the "
             "meta-RL learners run eagerly: leave it at 'off'"
         )
+    from mnemeta.recipes.distributed import environment_ranks
+
+    ranks = environment_ranks()
+    if ranks is not None:
+        # TRPO's step needs every task's gradient, each conjugate-gradient Fisher-vector
+        # product and the line search's loss and KL averaged over ranks, and RL²'s PPO its
+        # advantage and value statistics: not sharded yet, and running it twice is no help.
+        raise ConfigError(
+            f"the meta-RL learners train in one process for now ({ranks[1]} torchrun ranks "
+            f"started): run `mnemeta train {config.name}` without torchrun"
+        )
     if config.device not in ("auto", "cpu"):
         # Rollouts draw tasks, initial states and actions from CPU generators seeded by the
         # iteration (what makes resume exact); the small policies gain nothing from a GPU.
