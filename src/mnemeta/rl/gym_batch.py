@@ -112,16 +112,16 @@ class GymTaskBatch:
         pool: EnvPool,
         envs_per_task: int,
         horizon: int,
-        observation_size: int,
-        action_size: int,
-        action_low: np.ndarray,
-        action_high: np.ndarray,
     ) -> None:
         check_sizes(self.name, envs_per_task, horizon)
         self.pool = pool
         self.envs_per_task, self.horizon = envs_per_task, horizon
-        self.observation_size, self.action_size = observation_size, action_size
-        self._low, self._high = action_low, action_high
+        # The sizes and the action bounds are the sub-environments' own (one vector env of one).
+        one = pool.vector(1)
+        action_space = one.single_action_space
+        self.observation_size = int(one.single_observation_space.shape[0])
+        self.action_size = int(action_space.shape[0])
+        self._low, self._high = np.asarray(action_space.low), np.asarray(action_space.high)
         self.success: Tensor | None = None
         self.tasks: Tensor | None = None
         self.info: dict[str, Any] = {}

@@ -78,17 +78,7 @@ class HalfCheetah(GymTaskBatch):
         # The time limit is the horizon (gymnasium's default is 1000); reset always comes
         # before a step past it, so the vector env's autoreset never fires.
         pool = EnvPool(lambda: gym.make(ENV_ID, max_episode_steps=horizon))
-        one = pool.vector(1)
-        probe = one.single_action_space
-        super().__init__(
-            pool,
-            envs_per_task,
-            horizon,
-            observation_size=int(one.single_observation_space.shape[0]),
-            action_size=int(probe.shape[0]),
-            action_low=np.asarray(probe.low),
-            action_high=np.asarray(probe.high),
-        )
+        super().__init__(pool, envs_per_task, horizon)
 
     def _task_values(self) -> np.ndarray:
         """Each sub-environment's task value, task-major: ``(tasks · envs_per_task,)``."""

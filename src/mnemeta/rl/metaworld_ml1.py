@@ -99,23 +99,14 @@ class MetaWorldML1(GymTaskBatch):
         self.task_list: list[Any] = list(
             benchmark.train_tasks if split == "train" else benchmark.test_tasks
         )
-        one = pool.vector(1)
+        pool.vector(1)  # builds the first sub-environment, if this pool is new
         limit = int(pool.envs[0].max_path_length)
         if horizon > limit:
             raise ConfigError(
                 f"horizon {horizon} exceeds Meta-World's max_path_length ({limit}); set [rl] "
                 f"horizon <= {limit}"
             )
-        space = one.single_action_space
-        super().__init__(
-            pool,
-            envs_per_task,
-            horizon,
-            observation_size=int(one.single_observation_space.shape[0]),
-            action_size=int(space.shape[0]),
-            action_low=np.asarray(space.low),
-            action_high=np.asarray(space.high),
-        )
+        super().__init__(pool, envs_per_task, horizon)
 
     def held_out(self) -> MetaWorldML1:
         """The same skill over ML1's held-out test goals, sharing the benchmark and the MuJoCo
