@@ -72,8 +72,9 @@ def _mb(n: int) -> str:
     return f"{n / 2**20:.1f} MB"
 
 
-def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint`, onto the CPU.
+def load_checkpoint(path: str | os.PathLike[str], *, mmap: bool = False) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`, onto the CPU; with ``mmap`` the
+    tensors are mapped from the file, not read, for a look at its config alone.
 
     Raises :class:`CheckpointError` for a missing, truncated, corrupt or foreign file.
     """
@@ -86,7 +87,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
             "`mnemeta train`"
         )
     try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
+        state = torch.load(p, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # torch raises several types for truncated or foreign files
         if "Weights only load failed" in str(e):
             raise CheckpointError(

@@ -17,9 +17,10 @@ from mnemeta.recipes.rl_train import build_environment, check_rl_config, evaluat
 
 
 def is_rl_checkpoint(path: str) -> bool:
-    """Whether the checkpoint at ``path`` (a file or its run folder) holds a meta-RL learner."""
+    """Whether the checkpoint at ``path`` (a file or its run folder) holds a meta-RL learner.
+    Reads its config only (the weights are mapped, not read: the evaluation loads them)."""
     file = checkpoint_file(path)
-    return learner_spec(saved_config(load_checkpoint(file), file)).recipe == "rl"
+    return learner_spec(saved_config(load_checkpoint(file, mmap=True), file)).recipe == "rl"
 
 
 def evaluate_rl_checkpoint(
