@@ -70,6 +70,25 @@ RUNS: dict[str, tuple[str, list[str]]] = {
     "mann_nowipe": ("mann_omniglot_5class_nowipe", ONE_SHOT),
 }
 STEPS, STOP = 4, 2
+#: Meta-RL on 2D navigation: 5 tasks (3 + 2 over the ranks), 3 trajectories of 15 steps, 5 held-out
+#: tasks (3 + 2) after 1 inner step. MAML-RL second order with TRPO; RL² with 4 PPO mini-batches
+#: of trials, which cut across the ranks' tasks.
+NAVIGATION = [
+    "rl.trajectories=3",
+    "rl.horizon=15",
+    "train.meta_batch=5",
+    "train.log_every=1",
+    "train.checkpoint_every=2",
+    "eval.episodes=5",
+]
+RL_RUNS: dict[str, tuple[str, list[str]]] = {
+    "maml_rl": (
+        "maml_rl_navigation2d",
+        [*NAVIGATION, "model.hidden=[16,16]", "model.eval_steps=1"],
+    ),
+    "rl2": ("rl2_navigation2d", [*NAVIGATION, "model.hidden=8", "model.minibatches=4"]),
+}
+RL_STEPS = 3
 
 
 def train(name: str, out: Path, steps: int = STEPS, resume: bool = False) -> dict[str, Any]:
@@ -78,9 +97,10 @@ def train(name: str, out: Path, steps: int = STEPS, resume: bool = False) -> dic
     from mnemeta.recipes.build import learner_spec
     from mnemeta.recipes.meta_train import meta_train
     from mnemeta.recipes.resume import resume_config
+    from mnemeta.recipes.rl_train import rl_train
     from mnemeta.recipes.sequence_train import sequence_train
 
-    preset, settings = RUNS[name]
+    preset, settings = RUNS[name] if name in RUNS else RL_RUNS[name]
     items = [*settings, f"train.steps={steps}", f"out_dir={out}", "device=cpu"]
     checkpoint = None
     if resume:
@@ -89,7 +109,9 @@ def train(name: str, out: Path, steps: int = STEPS, resume: bool = False) -> dic
         checkpoint = str(out / "checkpoint.pt")
     else:
         config = load_config(preset, items)
-    recipe = sequence_train if learner_spec(config).recipe == "sequence" else meta_train
+    recipe = {"sequence": sequence_train, "rl": rl_train}.get(
+        learner_spec(config).recipe, meta_train
+    )
     return recipe(config, resume=checkpoint, progress=False)
 
 
@@ -134,6 +156,22 @@ def _train_scenario(root: Path, ports: list[int]) -> None:
     train("maml", root / "maml_resumed", steps=STEPS, resume=True)
     os.environ["MASTER_PORT"] = str(next(port))
     _memory_scenario(root)
+    # Meta-RL: whole runs, and MAML-RL stopped after iteration 1 and resumed to 3.
+    for name in RL_RUNS:
+        os.environ["MASTER_PORT"] = str(next(port))
+        train(name, root / name, steps=RL_STEPS)
+    os.environ["MASTER_PORT"] = str(next(port))
+    train("maml_rl", root / "maml_rl_resumed", steps=1)
+    os.environ["MASTER_PORT"] = str(next(port))
+    train("maml_rl", root / "maml_rl_resumed", steps=RL_STEPS, resume=True)
+    # `mnemeta evaluate` of a checkpoint: its episodes (tasks) split over the ranks, gathered.
+    from mnemeta.recipes.evaluate_checkpoint import evaluate_checkpoint
+    from mnemeta.recipes.rl_evaluate import evaluate_rl_checkpoint
+
+    os.environ["MASTER_PORT"] = str(next(port))
+    evaluate_checkpoint(str(root / "maml"), episodes=7, out=str(root / "evaluate_maml.json"))
+    os.environ["MASTER_PORT"] = str(next(port))
+    evaluate_rl_checkpoint(str(root / "rl2"), tasks=3, out=str(root / "evaluate_rl2.json"))
 
 
 def _memory_scenario(root: Path) -> None:

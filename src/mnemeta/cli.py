@@ -248,6 +248,8 @@ def _train(args: argparse.Namespace) -> int:
         from mnemeta.recipes.rl_train import rl_train
 
         rl_train(run, resume=resume, progress=args.progress, overwrite=args.overwrite)
+        if not _main_rank():
+            return 0  # under torchrun, rank 0 prints the result
         print((run.run_dir / "result.md").read_text().strip())
         print(f"results, checkpoint, curves and plots: {run.run_dir}/")
         return 0
@@ -340,8 +342,9 @@ def _evaluate(args: argparse.Namespace) -> int:
                 "--data": args.data,
             },
         )
-        print(text)
-        print(f"written to {out}")
+        if _main_rank():  # under torchrun, rank 0 prints the result
+            print(text)
+            print(f"written to {out}")
         return 0
     if args.memory:
         from mnemeta.recipes.evaluate_with_memory import evaluate_with_memory
@@ -351,6 +354,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         from mnemeta.recipes.evaluate_checkpoint import evaluate_checkpoint
 
         result, out = evaluate_checkpoint(args.checkpoint, ways=args.ways, **common)
+    if not _main_rank():
+        return 0  # under torchrun, rank 0 prints the result
     print(
         f"{result.ways}-way {result.shots}-shot {result.split}: {result.mean:.2f} ± "
         f"{result.ci95:.2f}% over {result.episodes} episodes"

@@ -57,3 +57,13 @@ def test_episodes_are_written_back_and_found_again(tmp_path: Path) -> None:
 def test_metric_learners_are_refused(tmp_path: Path) -> None:
     with pytest.raises(MnemetaError, match="MAML-family"):
         evaluate_with_memory(_checkpoint(tmp_path), str(tmp_path / "memory"))
+
+
+def test_torchrun_is_refused_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each episode retrieves what the ones before it wrote back: ranks would break that order."""
+    checkpoint = _checkpoint(tmp_path, "model.algorithm=anil")
+    for key, value in (("WORLD_SIZE", "2"), ("RANK", "0"), ("LOCAL_RANK", "0")):
+        monkeypatch.setenv(key, value)
+    with pytest.raises(MnemetaError, match="runs in one process .2 torchrun ranks started"):
+        evaluate_with_memory(checkpoint, str(tmp_path / "memory"))
+    assert not (tmp_path / "memory").exists()

@@ -123,9 +123,15 @@ def test_rl2_trains_and_resumes_exactly_through_the_recipe(tmp_path: Path) -> No
     assert a == json.loads((tmp_path / "b" / "result.json").read_text())["test"]
 
 
-def test_torchrun_is_refused_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for key, value in (("WORLD_SIZE", "2"), ("RANK", "0"), ("LOCAL_RANK", "0")):
-        monkeypatch.setenv(key, value)
-    with pytest.raises(ConfigError, match="train in one process for now"):
-        rl_train(navigation_config(tmp_path / "t", "train.steps=1"), progress=False)
+@pytest.mark.parametrize("key", ["train.meta_batch", "eval.episodes"])
+def test_fewer_tasks_than_torchrun_ranks_is_refused_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key: str
+) -> None:
+    """Under torchrun every rank needs a task of each meta-batch and of the test (checked before
+    the process group is joined, so every rank stops at once with the same line)."""
+    for name, value in (("WORLD_SIZE", "4"), ("RANK", "0"), ("LOCAL_RANK", "0")):
+        monkeypatch.setenv(name, value)
+    config = navigation_config(tmp_path / "t", "train.steps=1", "train.meta_batch=4", f"{key}=3")
+    with pytest.raises(ConfigError, match=f"{key}=3 is fewer tasks than the 4 torchrun ranks"):
+        rl_train(config, progress=False)
     assert not (tmp_path / "t").exists()

@@ -163,3 +163,19 @@ def test_registered_builder_reads_the_rl_section() -> None:
         assert spec.kind == "environment" and spec.environment is not None
         env = spec.environment(RLConfig(trajectories=2, horizon=7), "cpu")
         assert isinstance(env, cls) and (env.envs_per_task, env.horizon) == (2, 7)
+
+
+def test_a_shard_of_the_batch_runs_the_whole_batchs_rows(vel: HalfCheetahVel) -> None:
+    """Under torchrun a rank rolls out tasks [lo, hi) of the meta-batch with the whole batch's
+    reset seeds and action noise: its trajectories are those rows of one process's."""
+    from mnemeta.rl.shard import TaskShard
+
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(17, 6, hidden=(8,)).double()
+    params = {k: w.detach() for k, w in policy.params().items()}
+    tasks = vel.sample_tasks(3, generator=_gen(4), dtype=torch.float64)
+    whole = rollout(policy, params, vel, tasks, generator=_gen(5))
+    shard = TaskShard(1, 3, 3, lambda t: t)
+    part = rollout(policy, params, vel, shard.part(tasks), generator=_gen(5), shard=shard)
+    for name in ("obs", "actions", "rewards", "mask"):
+        torch.testing.assert_close(getattr(part, name), getattr(whole, name)[1:3], msg=name)

@@ -49,6 +49,7 @@ from mnemeta.registry import LEARNERS, BuildContext, LearnerConfig, LearnerSpec
 from mnemeta.rl.environment import TaskEnvironment
 from mnemeta.rl.policy import GaussianMLPPolicy
 from mnemeta.rl.rollout import DISCOUNT, Trajectories, rollout
+from mnemeta.rl.shard import TaskShard, batch_mean, share_of_mean, sum_gradients, total
 from mnemeta.rl.trpo import trpo_step
 from mnemeta.rl.vpg import estimate_advantages, vpg_loss
 
@@ -125,6 +126,7 @@ def meta_objective(
     lr: float | Tensor | Params = INNER_LR,
     first_order: bool = False,
     clip: float | None = None,
+    shard: TaskShard | None = None,
 ) -> tuple[Callable[[Params], Tensor], Callable[[Params], Tensor]]:
     """``(loss_fn, kl_fn)`` of maml_rl's outer TRPO step (see the module), at ``params`` = θ_old.
 
@@ -135,6 +137,10 @@ def meta_objective(
     post-update trajectories ``post`` of task ``i``, with θ'_i(θ) the inner step of ``pre``;
     ``kl_fn(θ)`` = ``Σ_{i,n,t} m KL(π_old ‖ π_{θ'_i(θ)}) / Σ m``, pooled over every task's
     visited states. ``π_old = π_{θ'_i(θ_old)}``, computed once here.
+
+    With a ``shard`` (torchrun) the trajectories are this rank's tasks, and both functions
+    return this rank's part of the batch's value: the task mean divided by the batch's task
+    count, the KL by the batch's visited states (:mod:`mnemeta.rl.shard`).
     """
     with torch.no_grad():
         old_fast = inner_step(policy, params, pre, pre_advantages, lr=lr, first_order=True)
@@ -150,6 +156,7 @@ def meta_objective(
         )
     mask = post.mask
     steps = mask.sum(dim=(1, 2))
+    visited = total(mask.sum(), shard)
 
     def fast(theta: Params) -> list[Params]:
         return inner_step(policy, theta, pre, pre_advantages, lr=lr, first_order=first_order)
@@ -164,40 +171,47 @@ def meta_objective(
             if clip is not None:
                 gain = torch.minimum(gain, ratio.clamp(1 - clip, 1 + clip) * adv)
             per_task.append(-(gain * mask[i : i + 1]).sum())
-        return (torch.stack(per_task) / steps).mean()
+        return share_of_mean(torch.stack(per_task) / steps, shard)
 
     def kl_fn(theta: Params) -> Tensor:
-        total = torch.zeros((), dtype=mask.dtype, device=mask.device)
+        summed = torch.zeros((), dtype=mask.dtype, device=mask.device)
         for i, f in enumerate(fast(theta)):
             mean, log_std = policy.distribution(f, post.obs[i : i + 1])
             old_mean, old_log_std = old_dist[i]
             kl = gaussian_kl(old_mean, old_log_std, mean, log_std)
-            total = total + (kl * mask[i : i + 1]).sum()
-        return total / mask.sum()
+            summed = summed + (kl * mask[i : i + 1]).sum()
+        return summed / visited
 
     return loss_fn, kl_fn
 
 
 def joint_objective(
-    policy: GaussianMLPPolicy, params: Params, trajs: Trajectories, advantages: Tensor
+    policy: GaussianMLPPolicy,
+    params: Params,
+    trajs: Trajectories,
+    advantages: Tensor,
+    *,
+    shard: TaskShard | None = None,
 ) -> tuple[Callable[[Params], Tensor], Callable[[Params], Tensor]]:
     """``(loss_fn, kl_fn)`` of plain TRPO on every task's trajectories at once, no inner step:
     the ratio surrogate against ``π_{θ_old}`` (per-task step means, then the task mean) and the
-    KL pooled over all visited states — the "pretrained" comparison of the paper."""
+    KL pooled over all visited states — the "pretrained" comparison of the paper. A ``shard``'s
+    parts as in :func:`meta_objective`."""
     mask = trajs.mask
     with torch.no_grad():
         old_mean, old_log_std = policy.distribution(params, trajs.obs)
         old_logp = policy.log_prob(params, trajs.obs, trajs.actions)
     steps = mask.sum(dim=(1, 2))
+    visited = total(mask.sum(), shard)
 
     def loss_fn(theta: Params) -> Tensor:
         ratio = torch.exp(policy.log_prob(theta, trajs.obs, trajs.actions) - old_logp)
-        return (-(ratio * advantages * mask).sum(dim=(1, 2)) / steps).mean()
+        return share_of_mean(-(ratio * advantages * mask).sum(dim=(1, 2)) / steps, shard)
 
     def kl_fn(theta: Params) -> Tensor:
         mean, log_std = policy.distribution(theta, trajs.obs)
         kl = gaussian_kl(old_mean, old_log_std, mean, log_std)
-        return (kl * mask).sum() / mask.sum()
+        return (kl * mask).sum() / visited
 
     return loss_fn, kl_fn
 
@@ -236,18 +250,24 @@ def _sample_iteration(
     lr: float | Tensor | Params,
     adapt: bool,
     discount: float,
+    shard: TaskShard | None,
 ) -> _Sampled:
     """Tasks, pre-update rollouts at θ and (``adapt``) post-update rollouts at each θ'_i, all
-    drawn from :func:`iteration_generator` in that order."""
+    drawn from :func:`iteration_generator` in that order (a ``shard``'s tasks alone, with the
+    draws of the whole batch)."""
     gen = iteration_generator(seed, iteration)
     dtype = next(iter(params.values())).dtype
     tasks = env.sample_tasks(meta_batch, generator=gen, dtype=dtype)
-    pre = rollout(policy, params, env, tasks, generator=gen, discount=discount)
+    if shard is not None:
+        tasks = shard.part(tasks)
+    pre = rollout(policy, params, env, tasks, generator=gen, discount=discount, shard=shard)
     pre_adv = estimate_advantages(pre)
     if not adapt:
         return _Sampled(pre, pre_adv, None, None)
     fast = inner_step(policy, params, pre, pre_adv, lr=lr, first_order=True)
-    post = post_update_rollouts(policy, fast, env, tasks, generator=gen, discount=discount)
+    post = post_update_rollouts(
+        policy, fast, env, tasks, generator=gen, discount=discount, shard=shard
+    )
     return _Sampled(pre, pre_adv, post, estimate_advantages(post))
 
 
@@ -264,6 +284,7 @@ def meta_step(
     first_order: bool = False,
     adapt: bool = True,
     discount: float = DISCOUNT,
+    shard: TaskShard | None = None,
 ) -> tuple[Params, MetaStepMetrics]:
     """One meta-iteration of MAML-RL with a TRPO outer step (see the module).
 
@@ -277,8 +298,11 @@ def meta_step(
         first_order: detach the inner gradient (FOMAML's meta-gradient).
         adapt: False gives the pretrained comparison: TRPO on the pre-update trajectories,
             no inner step, no post-update rollouts.
+        shard: under torchrun, this rank's tasks of the meta-batch (:mod:`mnemeta.rl.shard`):
+            it rolls out and differentiates those alone; the TRPO step sums the ranks' parts,
+            so every rank takes one process's step.
 
-    Returns the new θ (detached) and :class:`MetaStepMetrics`.
+    Returns the new θ (detached) and :class:`MetaStepMetrics`, the whole batch's.
     """
     params = {k: w.detach() for k, w in params.items()}
     data = _sample_iteration(
@@ -291,6 +315,7 @@ def meta_step(
         lr=lr,
         adapt=adapt,
         discount=discount,
+        shard=shard,
     )
     if data.post is not None and data.post_advantages is not None:
         loss_fn, kl_fn = meta_objective(
@@ -302,13 +327,20 @@ def meta_step(
             data.post_advantages,
             lr=lr,
             first_order=first_order,
+            shard=shard,
         )
     else:
-        loss_fn, kl_fn = joint_objective(policy, params, data.pre, data.pre_advantages)
-    new, step = trpo_step(params, loss_fn, kl_fn, max_kl=max_kl)
+        loss_fn, kl_fn = joint_objective(policy, params, data.pre, data.pre_advantages, shard=shard)
+    new, step = trpo_step(
+        params,
+        loss_fn,
+        kl_fn,
+        max_kl=max_kl,
+        sum_over_ranks=None if shard is None else shard.sum_over_ranks,
+    )
     return new, MetaStepMetrics(
-        _mean_return(data.pre),
-        _mean_return(data.post),
+        _mean_return(data.pre, shard),
+        _mean_return(data.post, shard),
         step.kl,
         step.loss_before,
         step.loss_after,
@@ -333,6 +365,7 @@ def ppo_meta_step(
     epochs: int = PPO_EPOCHS,
     first_order: bool = False,
     discount: float = DISCOUNT,
+    shard: TaskShard | None = None,
 ) -> MetaStepMetrics:
     """One meta-iteration with the PPO-style outer step: the same rollouts as
     :func:`meta_step`, then ``epochs`` steps of ``optimizer`` on the clipped meta-surrogate
@@ -341,7 +374,9 @@ def ppo_meta_step(
 
     ``MetaStepMetrics.kl`` is the pooled KL after the last epoch (not constrained: the clip
     keeps the step small), ``step_fraction`` the fraction of post-update steps whose ratio
-    left ``[1 - clip, 1 + clip]`` at the last epoch.
+    left ``[1 - clip, 1 + clip]`` at the last epoch. With a ``shard`` (torchrun) each rank
+    differentiates its tasks' part of the loss and the gradients are summed over the ranks
+    before every Adam step, so every rank takes one process's steps.
     """
     params = policy.params()
     # θ_old, a copy: the optimiser updates the policy's weights (and so their detached views)
@@ -357,6 +392,7 @@ def ppo_meta_step(
         lr=lr,
         adapt=True,
         discount=discount,
+        shard=shard,
     )
     assert data.post is not None and data.post_advantages is not None
     loss_fn, kl_fn = meta_objective(
@@ -369,22 +405,25 @@ def ppo_meta_step(
         lr=lr,
         first_order=first_order,
         clip=clip,
+        shard=shard,
     )
     first = last = float("nan")
+    weights = list(params.values())
     for epoch in range(epochs):
         loss = loss_fn(params)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        (summed,) = sum_gradients(weights, shard, extras=[loss])
         optimizer.step()
         if epoch == 0:
-            first = float(loss.detach())
+            first = float(summed)
     with torch.no_grad():
         now = {k: w.detach() for k, w in params.items()}
-        last = float(loss_fn(now))
-        kl = float(kl_fn(now))
-        clipped = _clipped_fraction(policy, detached, now, data, lr=lr, clip=clip)
+        last = float(total(loss_fn(now), shard))
+        kl = float(total(kl_fn(now), shard))
+        clipped = _clipped_fraction(policy, detached, now, data, lr=lr, clip=clip, shard=shard)
     return MetaStepMetrics(
-        _mean_return(data.pre), _mean_return(data.post), kl, first, last, clipped
+        _mean_return(data.pre, shard), _mean_return(data.post, shard), kl, first, last, clipped
     )
 
 
@@ -396,8 +435,10 @@ def _clipped_fraction(
     *,
     lr: float | Tensor | Params,
     clip: float,
+    shard: TaskShard | None,
 ) -> float:
-    """The fraction of post-update steps whose likelihood ratio is outside the clip range."""
+    """The fraction of post-update steps whose likelihood ratio is outside the clip range (of
+    the whole batch's steps, under torchrun)."""
     assert data.post is not None
     old_fast = inner_step(policy, old, data.pre, data.pre_advantages, lr=lr, first_order=True)
     new_fast = inner_step(policy, new, data.pre, data.pre_advantages, lr=lr, first_order=True)
@@ -407,11 +448,12 @@ def _clipped_fraction(
         log_ratio = policy.log_prob(new_fast[i], obs, act) - policy.log_prob(old_fast[i], obs, act)
         out = (log_ratio.exp() - 1).abs() > clip
         outside = outside + (out.to(post.mask.dtype) * post.mask[i : i + 1]).sum()
-    return float(outside / post.mask.sum())
+    return float(total(outside / total(post.mask.sum(), shard), shard))
 
 
-def _mean_return(trajs: Trajectories | None) -> float:
-    return float("nan") if trajs is None else float(trajs.undiscounted_return().mean())
+def _mean_return(trajs: Trajectories | None, shard: TaskShard | None) -> float:
+    """The mean undiscounted return over every trajectory of the (whole) meta-batch."""
+    return float("nan") if trajs is None else float(batch_mean(trajs.undiscounted_return(), shard))
 
 
 def post_update_rollouts(
@@ -422,11 +464,14 @@ def post_update_rollouts(
     *,
     generator: torch.Generator,
     discount: float = DISCOUNT,
+    shard: TaskShard | None = None,
 ) -> Trajectories:
     """Every task's rollouts at its own fast weights θ'_i (detached), all tasks stepping
     together (:func:`~mnemeta.rl.rollout.rollout` with one set of weights per task)."""
     detached = [{k: w.detach() for k, w in weights.items()} for weights in fast]
-    return rollout(policy, detached, env, tasks, generator=generator, discount=discount)
+    return rollout(
+        policy, detached, env, tasks, generator=generator, discount=discount, shard=shard
+    )
 
 
 def adapt_and_evaluate(
@@ -439,6 +484,7 @@ def adapt_and_evaluate(
     lr: float | Tensor | Params = INNER_LR,
     steps: int = 1,
     discount: float = DISCOUNT,
+    shard: TaskShard | None = None,
 ) -> dict[str, Tensor]:
     """The paper's test on ``tasks``: ``env.envs_per_task`` trajectories at θ, one inner step
     on them, fresh trajectories at θ'_i, and again up to ``steps`` inner steps (each step on
@@ -447,13 +493,17 @@ def adapt_and_evaluate(
     Returns ``{"before": (tasks,), "after_1": ..., "after_<steps>": ...}``, each task's mean
     undiscounted return at each stage, and where the environment reports success the same
     columns prefixed ``success_`` (the fraction of the task's trajectories that succeeded).
+    ``shard``: ``tasks`` are this rank's rows of the test's tasks, run with the whole test's
+    draws; the columns are this rank's rows.
     """
     current: list[Params] | Params = {k: w.detach() for k, w in params.items()}
     out: dict[str, Tensor] = {}
     success: dict[str, Tensor] = {}
     for stage in range(steps + 1):
         name = "before" if stage == 0 else f"after_{stage}"
-        trajs = rollout(policy, current, env, tasks, generator=generator, discount=discount)
+        trajs = rollout(
+            policy, current, env, tasks, generator=generator, discount=discount, shard=shard
+        )
         out[name] = trajs.undiscounted_return().mean(dim=1)
         if env.success is not None:
             success[f"success_{name}"] = env.success.to(out[name].dtype).mean(dim=1)
@@ -514,7 +564,13 @@ class MAMLRL(nn.Module):
             self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.ppo_lr)
 
     def train_iteration(
-        self, env: TaskEnvironment, *, seed: int, iteration: int, meta_batch: int
+        self,
+        env: TaskEnvironment,
+        *,
+        seed: int,
+        iteration: int,
+        meta_batch: int,
+        shard: TaskShard | None = None,
     ) -> dict[str, float]:
         c = self.config
         if self.optimizer is not None:
@@ -530,6 +586,7 @@ class MAMLRL(nn.Module):
                 epochs=c.ppo_epochs,
                 first_order=c.first_order,
                 discount=self.discount,
+                shard=shard,
             )
         else:
             new, m = meta_step(
@@ -543,6 +600,7 @@ class MAMLRL(nn.Module):
                 max_kl=c.max_kl,
                 first_order=c.first_order,
                 discount=self.discount,
+                shard=shard,
             )
             with torch.no_grad():
                 for name, weight in self.policy.named_parameters():
@@ -557,7 +615,12 @@ class MAMLRL(nn.Module):
         }
 
     def evaluate(
-        self, env: TaskEnvironment, tasks: Tensor, *, generator: torch.Generator
+        self,
+        env: TaskEnvironment,
+        tasks: Tensor,
+        *,
+        generator: torch.Generator,
+        shard: TaskShard | None = None,
     ) -> dict[str, Tensor]:
         return adapt_and_evaluate(
             self.policy,
@@ -568,6 +631,7 @@ class MAMLRL(nn.Module):
             lr=self.config.inner_lr,
             steps=self.config.eval_steps,
             discount=self.discount,
+            shard=shard,
         )
 
     def example_trajectories(

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from mnemeta.rl.environment import TaskEnvironment
+from mnemeta.rl.shard import TaskShard
 
 
 def iteration_generator(seed: int, iteration: int) -> torch.Generator:
@@ -29,21 +30,39 @@ class MetaRLLearner(Protocol):
     """The interface of a meta-RL learner (also an ``nn.Module``)."""
 
     def train_iteration(
-        self, env: TaskEnvironment, *, seed: int, iteration: int, meta_batch: int
+        self,
+        env: TaskEnvironment,
+        *,
+        seed: int,
+        iteration: int,
+        meta_batch: int,
+        shard: TaskShard | None = None,
     ) -> dict[str, float]:
         """One meta-iteration on ``meta_batch`` tasks drawn by ``iteration_generator(seed,
         iteration)``; updates the weights in place and returns what it measured, at least
         ``"return"``: the mean undiscounted return of the trajectories it trained on (before
-        adaptation, for MAML-RL; over the trial, for RL²)."""
+        adaptation, for MAML-RL; over the trial, for RL²).
+
+        Under torchrun, ``shard`` is this rank's tasks of the meta-batch: the rank runs those
+        alone, the whole batch's draws kept in step, and sums its parts of every batch mean
+        with the other ranks' (:mod:`mnemeta.rl.shard`), so that every rank makes one
+        process's update and returns the whole batch's metrics."""
         ...
 
     def evaluate(
-        self, env: TaskEnvironment, tasks: Tensor, *, generator: torch.Generator
+        self,
+        env: TaskEnvironment,
+        tasks: Tensor,
+        *,
+        generator: torch.Generator,
+        shard: TaskShard | None = None,
     ) -> dict[str, Tensor]:
         """The held-out test on ``tasks``: an ordered ``{column: (tasks,) values}``, one mean
         undiscounted return per task for each stage (MAML-RL: ``"before"``, ``"after_1"``, ...;
         RL²: ``"episode_1"``, ...), and ``"success_<stage>"`` columns, fractions in [0, 1], where
-        the environment reports success (Meta-World). Weights are left unchanged."""
+        the environment reports success (Meta-World). Weights are left unchanged. With a
+        ``shard``, ``tasks`` are its rows of the test's tasks, run with the whole test's draws
+        (each task scores as in one process); the columns are those rows."""
         ...
 
     def training_state(self) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from mnemeta.registry import LEARNERS, LearnerConfig, LearnerSpec
 from mnemeta.rl import ppo
 from mnemeta.rl.environment import TaskEnvironment
 from mnemeta.rl.recurrent_policy import RecurrentGaussianPolicy
+from mnemeta.rl.shard import TaskShard, sum_gradients, total
 from mnemeta.rl.trials import Trials, trial_rollout
 
 
@@ -105,24 +106,52 @@ class RL2(nn.Module):
         self._actor_params = [*p.actor.parameters(), *p.mean.parameters(), p.log_std]
         self._critic_params = [*p.critic.parameters(), *p.value.parameters()]
 
-    def _rollout(self, env: TaskEnvironment, tasks: Tensor, generator: torch.Generator) -> Trials:
+    def _rollout(
+        self,
+        env: TaskEnvironment,
+        tasks: Tensor,
+        generator: torch.Generator,
+        shard: TaskShard | None = None,
+    ) -> Trials:
         return trial_rollout(
-            self.policy, env, tasks, episodes=self.config.trial_episodes, generator=generator
+            self.policy,
+            env,
+            tasks,
+            episodes=self.config.trial_episodes,
+            generator=generator,
+            shard=shard,
         )
 
     def train_iteration(
-        self, env: TaskEnvironment, *, seed: int, iteration: int, meta_batch: int
+        self,
+        env: TaskEnvironment,
+        *,
+        seed: int,
+        iteration: int,
+        meta_batch: int,
+        shard: TaskShard | None = None,
     ) -> dict[str, float]:
         """One meta-iteration (see the module). Returns ``"return"`` (the mean undiscounted
         return per episode over every trial), ``"return_episode_<k>"``, the losses, the mean
-        approximate KL and clip fraction over the updates, and σ."""
+        approximate KL and clip fraction over the updates, and σ.
+
+        With a ``shard`` (torchrun) this rank runs its tasks' trials; the advantage and value
+        statistics are the whole batch's, every mini-batch is the one-process mini-batch (the
+        permutation is drawn over the whole batch's trials, each rank evaluating its own), its
+        losses divided by the mini-batch's steps over every rank, and the gradients summed
+        before each Adam step (:mod:`mnemeta.rl.shard`)."""
         cfg = self.config
         g = iteration_generator(seed, iteration)
         dtype = self.policy.log_std.dtype
         device = self.policy.log_std.device
         tasks = env.sample_tasks(meta_batch, generator=g, dtype=dtype).to(device)
-        trials = self._rollout(env, tasks, g)
-        n_seq = trials.rewards.shape[0] * trials.rewards.shape[1]
+        if shard is not None:
+            tasks = shard.part(tasks)
+        trials = self._rollout(env, tasks, g, shard)
+        per_task = trials.rewards.shape[1]
+        n_own = trials.rewards.shape[0] * per_task  # this rank's trials (all, in one process)
+        n_seq = meta_batch * per_task  # the batch's trials
+        first = 0 if shard is None else shard.lo * per_task  # this rank's first, in batch order
         if cfg.minibatches > n_seq:
             raise ConfigError(
                 f"model.minibatches={cfg.minibatches} is more than the {n_seq} trials of an "
@@ -133,30 +162,44 @@ class RL2(nn.Module):
         adv, returns = ppo.gae(
             trials.rewards, values, trials.mask, discount=self.discount, lam=cfg.gae_lambda
         )
-        adv = ppo.normalize(adv, trials.mask)
-        self.policy.update_value_statistics(returns, trials.mask)
+        adv = ppo.normalize(adv, trials.mask, shard=shard)
+        self.policy.update_value_statistics(returns, trials.mask, shard=shard)
         targets = (returns - self.policy.value_mean) / self.policy.value_std
 
         def flat(x: Tensor) -> Tensor:
-            return x.reshape(n_seq, *x.shape[2:])
+            return x.reshape(n_own, *x.shape[2:])
 
         inputs, actions, mask = flat(trials.inputs), flat(trials.actions), flat(trials.mask)
         old_logp, adv, targets = flat(trials.log_probs), flat(adv), flat(targets)
         sums = {"policy_loss": 0.0, "value_loss": 0.0, "approx_kl": 0.0, "clip_fraction": 0.0}
         updates = 0
+        weights = list(self.policy.parameters())
         for _ in range(cfg.ppo_epochs):
             perm = torch.randperm(n_seq, generator=g)
-            for idx in perm.tensor_split(cfg.minibatches):
-                logp, normalized, _ = self.policy.evaluate(inputs[idx], actions[idx], mask[idx])
+            for batch_idx in perm.tensor_split(cfg.minibatches):
+                # This rank's trials of the mini-batch, in its order (all of it in one process).
+                idx = batch_idx
+                if shard is not None:
+                    idx = batch_idx[(batch_idx >= first) & (batch_idx < first + n_own)] - first
                 m = mask[idx]
-                pg, clip_frac, kl = ppo.clipped_surrogate(
-                    logp, old_logp[idx], adv[idx], m, clip=cfg.ppo_clip
-                )
-                vl = ppo.value_loss(normalized, targets[idx], m)
-                entropy = self.policy.entropy()
-                loss = pg + cfg.value_coef * vl - cfg.entropy_coef * entropy
+                steps = None if shard is None else total(m.sum(), shard)
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                if idx.numel() > 0:
+                    logp, normalized, _ = self.policy.evaluate(inputs[idx], actions[idx], m)
+                    pg, clip_frac, kl = ppo.clipped_surrogate(
+                        logp, old_logp[idx], adv[idx], m, clip=cfg.ppo_clip, steps=steps
+                    )
+                    vl = ppo.value_loss(normalized, targets[idx], m, steps)
+                    entropy = self.policy.entropy()
+                    if steps is not None:  # the bonus once over the ranks: each its steps' share
+                        entropy = entropy * (m.sum() / steps)
+                    loss = pg + cfg.value_coef * vl - cfg.entropy_coef * entropy
+                    loss.backward()
+                else:  # none of this mini-batch's trials are this rank's
+                    pg = vl = kl = clip_frac = torch.zeros((), dtype=dtype, device=device)
+                pg, vl, kl, clip_frac = sum_gradients(
+                    weights, shard, extras=[pg, vl, kl, clip_frac]
+                )
                 if cfg.grad_clip > 0:
                     nn.utils.clip_grad_norm_(self._actor_params, cfg.grad_clip)
                     nn.utils.clip_grad_norm_(self._critic_params, cfg.grad_clip)
@@ -166,7 +209,10 @@ class RL2(nn.Module):
                 sums["approx_kl"] += float(kl)
                 sums["clip_fraction"] += float(clip_frac)
                 updates += 1
-        per_episode = trials.episode_returns().mean(dim=(0, 1))
+        if shard is None:
+            per_episode = trials.episode_returns().mean(dim=(0, 1))
+        else:
+            per_episode = total(trials.episode_returns().sum(dim=(0, 1)), shard) / n_seq
         metrics = {"return": float(per_episode.mean())}
         metrics.update({f"return_episode_{k + 1}": float(r) for k, r in enumerate(per_episode)})
         metrics.update({k: v / updates for k, v in sums.items()})
@@ -191,14 +237,20 @@ class RL2(nn.Module):
 
     @torch.no_grad()
     def evaluate(
-        self, env: TaskEnvironment, tasks: Tensor, *, generator: torch.Generator
+        self,
+        env: TaskEnvironment,
+        tasks: Tensor,
+        *,
+        generator: torch.Generator,
+        shard: TaskShard | None = None,
     ) -> dict[str, Tensor]:
         """``env.envs_per_task`` trials of each task in ``tasks``: ``{"episode_<k>": (tasks,)}``,
         the mean over the task's trials of episode ``k``'s undiscounted return, in episode
         order; then ``"success_episode_<k>"``, the fraction of trials that succeeded in episode
-        ``k``, where the environment reports success. The weights are not touched."""
+        ``k``, where the environment reports success. The weights are not touched. A
+        ``shard``'s tasks are run with the whole test's draws."""
         dtype = self.policy.log_std.dtype
-        trials = self._rollout(env, tasks.to(self.policy.log_std), generator)
+        trials = self._rollout(env, tasks.to(self.policy.log_std), generator, shard)
         per_task = trials.episode_returns().mean(dim=1)  # (tasks, episodes)
         out = {f"episode_{k + 1}": per_task[:, k] for k in range(trials.episodes)}
         if trials.success is not None:

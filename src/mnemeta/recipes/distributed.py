@@ -162,6 +162,20 @@ class Ranks:
         self._collective("an all-reduce of a task mean", lambda: dist.all_reduce(total))
         return total
 
+    def sum(self, value: Tensor) -> Tensor:
+        """``Σ_r value_r`` on every rank (one all-reduce; ``value`` itself in one process): the
+        ``sum_over_ranks`` of a sharded meta-RL batch (:class:`mnemeta.rl.shard.TaskShard`)."""
+        return self.weighted_sum(value, 1.0)
+
+    def any(self, votes: Sequence[bool]) -> list[bool]:
+        """For each vote, whether any rank cast it (one all-reduce): so that every rank stops
+        after the same step when one is signalled or out of time."""
+        if not self.active:
+            return list(votes)
+        tally = torch.tensor([float(v) for v in votes], dtype=torch.float64)
+        self._collective("sharing the ranks' votes to stop", lambda: dist.all_reduce(tally))
+        return [c > 0 for c in tally.tolist()]
+
     def assemble(self, local: Tensor, total: int, lo: int) -> Tensor:
         """The ``(total, ...)`` tensor whose rows ``[lo, lo + len(local))`` each rank holds,
         on every rank (a sum of zero-padded parts: exact, whatever the dtype)."""

@@ -1,4 +1,8 @@
-"""Evaluate a saved checkpoint: rebuild its learner from its own config, load, score."""
+"""Evaluate a saved checkpoint: rebuild its learner from its own config, load, score.
+
+Under torchrun every rank loads the checkpoint, scores a contiguous share of the fixed episodes
+and gathers the others' (:func:`mnemeta.recipes.evaluate.evaluate`): the same mean ± CI as one
+process; rank 0 writes the result."""
 
 from __future__ import annotations
 
@@ -109,31 +113,40 @@ def evaluate_checkpoint(
     batch_size: int | None = None,
     out: str | None = None,
 ) -> tuple[EvalResult, Path]:
-    """Score the checkpoint at ``path`` on fixed episodes; unset arguments come from its config."""
-    loaded = load_for_evaluation(
-        path,
-        episodes=episodes,
-        ways=ways,
-        shots=shots,
-        queries=queries,
-        split=split,
-        seed=seed,
-        device=device,
-        data_root=data_root,
-        batch_size=batch_size,
-    )
-    path = str(checkpoint_file(path))
-    ec = loaded.config.eval
-    # Where the result goes is checked before the (possibly long) evaluation, not after it.
-    target = result_path(out, Path(path), f"eval_{ec.split}_{ec.ways}w{ec.shots}s_{ec.episodes}")
-    result = evaluate(
-        loaded.learner,
-        loaded.sampler,
-        episodes=ec.episodes,
-        seed=ec.seed,
-        batch_size=ec.batch_size,
-        split=ec.split,
-    )
+    """Score the checkpoint at ``path`` on fixed episodes; unset arguments come from its config.
+    Under torchrun, every rank returns the result and rank 0 writes it."""
+    from mnemeta.recipes.distributed import process_group
+
+    with process_group(device or "auto") as (ranks, where):
+        loaded = load_for_evaluation(
+            path,
+            episodes=episodes,
+            ways=ways,
+            shots=shots,
+            queries=queries,
+            split=split,
+            seed=seed,
+            device=str(where) if ranks.active else device,  # torchrun: this rank's device
+            data_root=data_root,
+            batch_size=batch_size,
+        )
+        path = str(checkpoint_file(path))
+        ec = loaded.config.eval
+        # Where the result goes is checked before the (possibly long) evaluation, not after it.
+        target = result_path(
+            out, Path(path), f"eval_{ec.split}_{ec.ways}w{ec.shots}s_{ec.episodes}"
+        )
+        result = evaluate(
+            loaded.learner,
+            loaded.sampler,
+            episodes=ec.episodes,
+            seed=ec.seed,
+            batch_size=ec.batch_size,
+            split=ec.split,
+            ranks=ranks,
+        )
+    if not ranks.is_main:
+        return result, target
     payload = {
         "checkpoint": str(path),
         "step": loaded.step,

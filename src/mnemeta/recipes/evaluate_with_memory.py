@@ -46,8 +46,18 @@ def evaluate_with_memory(
 ) -> tuple[EvalResult, Path]:
     """Score checkpoint ``path`` on its fixed test episodes, adapting with the task memory at
     ``memory_path`` (created if missing) and writing every episode back to it."""
+    from mnemeta.recipes.distributed import environment_ranks
     from mnemeta.store import TaskMemory
 
+    started = environment_ranks()
+    if started is not None:
+        # Each episode retrieves what the episodes before it wrote back: an order that ranks
+        # would break.
+        raise ConfigError(
+            f"evaluating with a task memory runs in one process ({started[1]} torchrun ranks "
+            "started): every episode reads what the ones before it wrote; run `mnemeta "
+            "evaluate ... --memory` without torchrun"
+        )
     if warm_start not in WARM_STARTS:
         raise ConfigError(f"warm_start={warm_start!r} is unknown; choose weighted or nearest")
     loaded = load_for_evaluation(

@@ -1,5 +1,6 @@
 """``mnemeta evaluate`` for a meta-RL checkpoint: its held-out test, again, on other tasks if
-asked (``--episodes`` tasks, ``--seed``)."""
+asked (``--episodes`` tasks, ``--seed``). Under torchrun the tasks are split over the ranks
+and gathered (the same mean ± CI); rank 0 writes the result."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from mnemeta.errors import ConfigError
 from mnemeta.io import atomic_write_text
 from mnemeta.loading import load_learner, saved_config
 from mnemeta.recipes.build import learner_spec
+from mnemeta.recipes.distributed import process_group
 from mnemeta.recipes.evaluate_checkpoint import result_path
 from mnemeta.recipes.rl_train import build_environment, check_rl_config, evaluate_rl, one_thread
 
@@ -53,8 +55,8 @@ def evaluate_rl_checkpoint(
     check_rl_config(config)
     target = result_path(out, file, f"eval_{config.eval.episodes}_tasks_seed{config.eval.seed}")
     env = build_environment(config)
-    with one_thread():
-        report = evaluate_rl(loaded.learner.eval(), env, config)
+    with one_thread(), process_group("cpu") as (ranks, _):
+        report = evaluate_rl(loaded.learner.eval(), env, config, ranks)
     rows = [
         f"{name.replace('_', ' ')}: {v['mean']:.2f} ± {v['ci95']:.2f}"
         for name, v in report["stages"].items()
@@ -63,6 +65,8 @@ def evaluate_rl_checkpoint(
         f"{config.name} ({config.model.algorithm}, step {loaded.step}) on {report['tasks']} "
         f"held-out {config.data.dataset} tasks, seed {report['seed']}:\n  " + "\n  ".join(rows)
     )
+    if not ranks.is_main:
+        return text, target
     payload = {"checkpoint": str(file), "step": loaded.step, **report, "text": text}
     atomic_write_text(target, json.dumps(payload, indent=2) + "\n")
     return text, target

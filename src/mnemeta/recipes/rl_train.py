@@ -10,12 +10,19 @@ Exact resume needs no saved RNG state: an iteration depends only on the weights,
 optimiser state (:meth:`~mnemeta.algorithms.meta_rl.MetaRLLearner.training_state`) and its
 index, so a run resumed from the checkpoint of step ``s`` repeats steps ``s + 1, ...`` of the
 uninterrupted run bit for bit (``tests/recipes/test_rl_train.py``).
+
+Under torchrun (gloo, on the CPU) each rank runs a contiguous share of every meta-batch's tasks
+and of the held-out tasks, with the whole batch's random draws, and the learners sum their
+parts of every batch mean over the ranks (:mod:`mnemeta.rl.shard`): every rank makes one
+process's update, up to the order of floating-point sums. Rank 0 alone writes and prints
+(:mod:`mnemeta.recipes.distributed`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -31,12 +38,14 @@ from mnemeta.errors import ConfigError
 from mnemeta.io import atomic_write_text
 from mnemeta.recipes.build import Learner, build_learner, device_name, learner_spec
 from mnemeta.recipes.clock import TrainingClock
+from mnemeta.recipes.distributed import Ranks, environment_ranks, process_group, run_folder
 from mnemeta.recipes.interrupt import StopRequests
 from mnemeta.recipes.logging import MetricsLog, log_period
 from mnemeta.recipes.resume import check_resumable, resumed_clock
 from mnemeta.recipes.run_folder import RunFolder
 from mnemeta.registry import DATASETS
 from mnemeta.rl.environment import TaskEnvironment
+from mnemeta.rl.shard import TaskShard
 from mnemeta.stats import mean_ci95
 
 #: What the progress bar and the printed lines show, where the learner measures it.
@@ -70,17 +79,21 @@ def check_rl_config(config: Config) -> None:
             f"train.compile={config.train.compile!r} applies to the episodic learners; the "
             "meta-RL learners run eagerly: leave it at 'off'"
         )
-    from mnemeta.recipes.distributed import environment_ranks
-
     ranks = environment_ranks()
     if ranks is not None:
-        # TRPO's step needs every task's gradient, each conjugate-gradient Fisher-vector
-        # product and the line search's loss and KL averaged over ranks, and RL²'s PPO its
-        # advantage and value statistics: not sharded yet, and running it twice is no help.
-        raise ConfigError(
-            f"the meta-RL learners train in one process for now ({ranks[1]} torchrun ranks "
-            f"started): run `mnemeta train {config.name}` without torchrun"
-        )
+        # Every rank runs at least one task of each meta-batch and of the test (a rank with
+        # none would only wait, and the learners' sums assume a share on every rank).
+        world = ranks[1]
+        for key, value in (
+            ("train.meta_batch", config.train.meta_batch),
+            ("eval.episodes", config.eval.episodes),
+        ):
+            if value < world:
+                raise ConfigError(
+                    f"{key}={value} is fewer tasks than the {world} torchrun ranks: give it "
+                    f"at least {world} (a multiple of {world} keeps every rank busy), or start "
+                    f"fewer ranks (torchrun --nproc_per_node {value})"
+                )
     if config.device not in ("auto", "cpu"):
         # Rollouts draw tasks, initial states and actions from CPU generators seeded by the
         # iteration (what makes resume exact); the small policies gain nothing from a GPU.
@@ -105,9 +118,10 @@ def rl_train(
     check_rl_config(config)
     with (
         one_thread(),
-        RunFolder(config.run_dir, resume=resume is not None, overwrite=overwrite) as folder,
+        process_group("cpu") as (ranks, _),
+        run_folder(ranks, config.run_dir, resume=resume is not None, overwrite=overwrite) as folder,
     ):
-        return _rl_train(config, folder, resume, progress)
+        return _rl_train(config, folder, resume, progress, ranks)
 
 
 @contextlib.contextmanager
@@ -125,12 +139,13 @@ def one_thread() -> Iterator[None]:
 
 
 def _rl_train(
-    config: Config, folder: RunFolder, resume: str | None, progress: bool | None
+    config: Config, folder: RunFolder, resume: str | None, progress: bool | None, ranks: Ranks
 ) -> dict[str, Any]:
     t_start = time.perf_counter()
     tc = config.train
     run_dir = config.run_dir
-    show = sys.stderr.isatty() if progress is None else progress
+    main = ranks.is_main  # rank 0 (or the one process): the only one that writes and prints
+    show = (sys.stderr.isatty() if progress is None else progress) and main
 
     # ---- build ----
     torch.manual_seed(config.seed)  # the initial weights; nothing later draws from it
@@ -145,11 +160,17 @@ def _rl_train(
         learner.load_training_state(state["training"])
         start = int(state["step"])
         clock = resumed_clock(state, config, resume, evaluated=(run_dir / "result.json").is_file())
+    ranks.broadcast_module(learner)
+    # This rank's tasks of every meta-batch (None: one process, the whole batch).
+    shard = _shard(ranks, tc.meta_batch)
     folder.begin()
-    atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
-    log = MetricsLog(run_dir, resume_step=start if resume is not None else None)
+    if main:
+        atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+    log = MetricsLog(run_dir, resume_step=start if resume is not None else None, write=main)
 
     def checkpoint(step: int) -> None:
+        if not main:
+            return  # every rank holds the same weights and optimiser state
         save_checkpoint(
             run_dir / "checkpoint.pt",
             {
@@ -175,13 +196,14 @@ def _rl_train(
     with StopRequests() as stop:
         for step in bar:
             metrics = learner.train_iteration(
-                env, seed=config.seed, iteration=step, meta_batch=tc.meta_batch
+                env, seed=config.seed, iteration=step, meta_batch=tc.meta_batch, shard=shard
             )
             for k, v in metrics.items():
                 running[k] = running.get(k, 0.0) + v
             count += 1
             done = step + 1
-            out_of_time = clock.out_of_time()
+            # Every rank stops after the same iteration: any rank's signal or clock stops all.
+            stopping, out_of_time = ranks.any((stop.requested, clock.out_of_time()))
             last = done == tc.steps or out_of_time
             if done % log_every == 0 or last:
                 row: dict[str, Any] = {"step": done, "tasks": done * tc.meta_batch}
@@ -191,25 +213,28 @@ def _rl_train(
                 log.log(row)
                 line = "  ".join(f"{k} {row[k]:.4g}" for k in _SHOWN if k in row)
                 bar.set_postfix_str(line)
-                if not show:
+                if not show and main:
                     print(f"step {done}/{tc.steps}  {line}  {row['seconds']:.0f}s", flush=True)
-            elif not show and done == start + 1:
+            elif not show and main and done == start + 1:
                 print(f"step {done}/{tc.steps}  (a line every {log_every} steps)", flush=True)
-            if done % tc.checkpoint_every == 0 or last or stop.requested:
+            if done % tc.checkpoint_every == 0 or last or stopping:
                 checkpoint(done)
-            if stop.requested and not last:
+            if stopping and not last:
+                if stop.signal is None:  # another rank was signalled: stop as it does
+                    stop.signal = signal.SIGTERM
                 bar.close()
                 log.close()
                 raise stop.interrupted(done, tc.steps, run_dir)
             if out_of_time:
-                clock.announce_stop(done, tc.steps)
+                if main:
+                    clock.announce_stop(done, tc.steps)
                 break
     bar.close()
     t_train = clock.finish(torch.device("cpu"))
 
     # ---- the held-out test, report, plots ----
     t_eval0 = time.perf_counter()
-    report = evaluate_rl(learner, env, config)
+    report = evaluate_rl(learner, env, config, ranks)
     t_eval = time.perf_counter() - t_eval0
     log.close()
     summary = {
@@ -232,13 +257,21 @@ def _rl_train(
         },
         "resumed_from_step": start if resume is not None else None,
     }
+    if ranks.active:
+        summary["world_size"] = ranks.world_size
+    if not main:
+        return summary
     atomic_write_text(run_dir / "result.json", json.dumps(summary, indent=2) + "\n")
     atomic_write_text(run_dir / "result.md", rl_markdown(summary) + "\n")
     from mnemeta.recipes.plots import plot_navigation_trajectories, plot_rl_curves
 
     plot_rl_curves(log.rows, run_dir / "curves.png", title=config.name, test=report)
     if config.data.dataset == "navigation2d" and hasattr(learner, "example_trajectories"):
-        tasks = env.sample_tasks(3, generator=torch.Generator().manual_seed(config.eval.seed))
+        tasks = env.sample_tasks(
+            3,
+            generator=torch.Generator().manual_seed(config.eval.seed),
+            dtype=next(learner.parameters()).dtype,
+        )
         stages = learner.example_trajectories(
             env, tasks, generator=torch.Generator().manual_seed(config.eval.seed + 1)
         )
@@ -246,17 +279,32 @@ def _rl_train(
     return summary
 
 
-def evaluate_rl(learner: Learner, env: TaskEnvironment, config: Config) -> dict[str, Any]:
+def evaluate_rl(
+    learner: Learner, env: TaskEnvironment, config: Config, ranks: Ranks | None = None
+) -> dict[str, Any]:
     """The held-out test: ``eval.episodes`` tasks drawn with ``eval.seed`` (a seed training
     never uses: its generators are seeded by ``seed * 1_000_003 + iteration``) — from the
     family's held-out tasks where it has them (``env.held_out()``) — each stage's return (and
-    success) as mean ± 95% CI over the tasks."""
+    success) as mean ± 95% CI over the tasks.
+
+    Under torchrun (``ranks``) each rank runs its share of the tasks, with the whole test's
+    draws, and the per-task values are gathered: the same mean ± CI as one process."""
     ec = config.eval
     # A family with tasks set apart for testing (Meta-World ML1's test goals) is scored on
     # those; the others on fresh draws of the same distribution.
     env = env.held_out() if hasattr(env, "held_out") else env
-    tasks = env.sample_tasks(ec.episodes, generator=torch.Generator().manual_seed(ec.seed))
-    columns = learner.evaluate(env, tasks, generator=torch.Generator().manual_seed(ec.seed + 1))
+    dtype = next(learner.parameters()).dtype  # the policy's (float64 where it was built so)
+    tasks = env.sample_tasks(
+        ec.episodes, generator=torch.Generator().manual_seed(ec.seed), dtype=dtype
+    )
+    generator = torch.Generator().manual_seed(ec.seed + 1)
+    shard = _shard(ranks, ec.episodes) if ranks is not None else None
+    if shard is None:
+        columns = learner.evaluate(env, tasks, generator=generator)
+    else:
+        assert ranks is not None
+        own = learner.evaluate(env, shard.part(tasks), generator=generator, shard=shard)
+        columns = {k: ranks.assemble(v, ec.episodes, shard.lo) for k, v in own.items()}
     stages: dict[str, dict[str, float]] = {}
     for name, values in columns.items():
         mean, ci = mean_ci95(values.double())
@@ -270,6 +318,14 @@ def evaluate_rl(learner: Learner, env: TaskEnvironment, config: Config) -> dict[
         "seed": ec.seed,
         "stages": stages,
     }
+
+
+def _shard(ranks: Ranks, tasks: int) -> TaskShard | None:
+    """This rank's share of ``tasks`` (None for one process: the whole batch)."""
+    if not ranks.active:
+        return None
+    lo, hi = ranks.shard(tasks)
+    return TaskShard(lo, hi, tasks, ranks.sum)
 
 
 def rl_markdown(summary: dict[str, Any]) -> str:

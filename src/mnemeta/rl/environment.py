@@ -12,10 +12,13 @@ the same tasks on every machine, and :meth:`TaskEnvironment.reset` starts them.
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from mnemeta.rl.shard import TaskShard
 
 
 @runtime_checkable
@@ -43,10 +46,18 @@ class TaskEnvironment(Protocol):
         """``n`` tasks of the family, ``(n, task_size)``, drawn with ``generator`` (CPU)."""
         ...
 
-    def reset(self, tasks: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+    def reset(
+        self,
+        tasks: Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        shard: TaskShard | None = None,
+    ) -> Tensor:
         """Start ``envs_per_task`` trajectories of each task in ``tasks``; a stochastic initial
-        state is drawn from ``generator``. Returns the first observation ``(tasks,
-        envs_per_task, observation_size)``, in ``tasks``' dtype and on its device."""
+        state is drawn from ``generator`` — for the whole meta-batch when ``tasks`` are a
+        ``shard`` of it, keeping this shard's rows (:func:`mnemeta.rl.shard.integers`).
+        Returns the first observation ``(tasks, envs_per_task, observation_size)``, in
+        ``tasks``' dtype and on its device."""
         ...
 
     def step(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:

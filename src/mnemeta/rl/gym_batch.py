@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from mnemeta.errors import ConfigError
+from mnemeta.rl.shard import TaskShard, integers
 
 INSTALL_HINT = "pip install 'mnemeta[rl]'"
 
@@ -144,21 +145,26 @@ class GymTaskBatch:
         """Update per-trajectory statistics (e.g. success) from a step's info."""
 
     # ---- TaskEnvironment ----
-    def _seeds(self, count: int, generator: torch.Generator | None) -> list[int]:
+    def _seeds(
+        self, tasks: int, generator: torch.Generator | None, shard: TaskShard | None
+    ) -> list[int]:
         """One reset seed per sub-environment, drawn from ``generator`` (torch's global one if
         None): the same generator state gives the same initial states."""
-        device = generator.device if generator is not None else None
-        draw = torch.randint(0, 2**31 - 1, (count,), generator=generator, device=device)
+        draw = integers(
+            2**31 - 1, tasks=tasks, per_task=self.envs_per_task, generator=generator, shard=shard
+        )
         return [int(s) for s in draw.tolist()]
 
-    def _start(self, tasks: Tensor, generator: torch.Generator | None) -> Tensor:
+    def _start(
+        self, tasks: Tensor, generator: torch.Generator | None, shard: TaskShard | None = None
+    ) -> Tensor:
         if tasks.dim() != 2 or tasks.shape[0] < 1:
             raise ConfigError(
                 f"{self.name}: tasks must be (tasks, task_size) with at least one task; got "
                 f"{tuple(tasks.shape)}; draw them with sample_tasks(n, generator=...)"
             )
         n = tasks.shape[0] * self.envs_per_task
-        seeds = self._seeds(n, generator)
+        seeds = self._seeds(tasks.shape[0], generator, shard)
         self._vector = self.pool.vector(n)
         self._configure(self.pool.envs[:n], tasks, seeds)
         obs, self.info = self._vector.reset(seed=seeds)
@@ -174,11 +180,18 @@ class GymTaskBatch:
         assert self.tasks is not None
         return torch.from_numpy(np.asarray(array)).to(self.tasks.device, self.tasks.dtype)
 
-    def reset(self, tasks: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+    def reset(
+        self,
+        tasks: Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        shard: TaskShard | None = None,
+    ) -> Tensor:
         """Start ``envs_per_task`` trajectories of each task; each sub-environment is reset with
-        its own seed drawn from ``generator``. Returns the first observation ``(tasks,
+        its own seed drawn from ``generator`` (for the whole meta-batch when ``tasks`` are a
+        ``shard`` of it). Returns the first observation ``(tasks,
         envs_per_task, observation_size)`` in ``tasks``' dtype and on its device."""
-        return self._start(tasks, generator)
+        return self._start(tasks, generator, shard)
 
     def step(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Step every sub-environment with its action, clipped to the action space (the policy's

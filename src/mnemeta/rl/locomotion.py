@@ -53,6 +53,7 @@ from torch import Tensor
 
 from mnemeta.errors import ConfigError
 from mnemeta.rl.gym_batch import EnvPool, GymTaskBatch, check_sizes, import_extra
+from mnemeta.rl.shard import TaskShard
 
 HORIZON = 200  # max_path_length of cluster_maml_trpo_cheetah.py and the paper's H
 CTRL_COST = 0.05  # 1e-1 * 0.5 of half_cheetah_env_rand.py line 61 (gymnasium's default: 0.1)
@@ -94,15 +95,22 @@ class HalfCheetah(GymTaskBatch):
         ctrl = CTRL_COST * np.square(actions.astype(np.float64)).sum(axis=-1)
         return self._forward_reward(velocity, self._task_values()) - ctrl
 
-    def reset(self, tasks: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+    def reset(
+        self,
+        tasks: Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        shard: TaskShard | None = None,
+    ) -> Tensor:
         """Start the trajectories of ``tasks`` ``(tasks, 1)``; every sub-environment is reset
-        with its own seed drawn from ``generator`` (gymnasium's noisy initial state)."""
+        with its own seed drawn from ``generator`` (gymnasium's noisy initial state; for the
+        whole meta-batch when ``tasks`` are a ``shard`` of it)."""
         if tasks.dim() != 2 or tasks.shape[1] != 1:
             raise ConfigError(
                 f"{self.name} tasks must be (tasks, 1); got {tuple(tasks.shape)}; draw them "
                 "with sample_tasks(n, generator=...)"
             )
-        return self._start(tasks, generator)
+        return self._start(tasks, generator, shard)
 
 
 class HalfCheetahVel(HalfCheetah):

@@ -50,6 +50,7 @@ from torch import Tensor
 
 from mnemeta.errors import ConfigError
 from mnemeta.rl.gym_batch import EnvPool, GymTaskBatch, check_sizes, import_extra
+from mnemeta.rl.shard import TaskShard
 
 HORIZON = 200  # see the module: the paper's MuJoCo horizon, not ML1's 500
 BENCHMARK_SEED = 0  # fixes ML1's 50 training (and 50 test) goals across runs
@@ -150,10 +151,17 @@ class MetaWorldML1(GymTaskBatch):
             )
         return [int(i) for i in idx.tolist()]
 
-    def reset(self, tasks: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
-        """Install each task's goal in its ``envs_per_task`` sub-environments and start them."""
+    def reset(
+        self,
+        tasks: Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        shard: TaskShard | None = None,
+    ) -> Tensor:
+        """Install each task's goal in its ``envs_per_task`` sub-environments and start them
+        (seeds drawn for the whole meta-batch when ``tasks`` are a ``shard`` of it)."""
         self._indices(tasks)  # refuse bad tasks before any sub-environment is touched
-        return self._start(tasks, generator)
+        return self._start(tasks, generator, shard)
 
     def _configure(self, envs: list[Any], tasks: Tensor, seeds: list[int]) -> None:
         # Meta-World's reset ignores its seed argument; env.seed reseeds its generator and spaces.

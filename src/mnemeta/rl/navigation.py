@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 from mnemeta.errors import ConfigError
+from mnemeta.rl.shard import TaskShard
 
 GOAL_LOW, GOAL_HIGH = -0.5, 0.5  # the unit square of the paper, centred on the start
 MAX_ACTION = 0.1  # the action bound of the paper and of point_env_randgoal's action space
@@ -116,9 +117,16 @@ class Navigation2D:
         """``n`` goals (:func:`sample_goals`), the tasks of this family: ``(n, 2)``."""
         return sample_goals(n, generator=generator, dtype=dtype)
 
-    def reset(self, goals: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
-        """Start every trajectory of every task at the origin (deterministic: ``generator`` is
-        not drawn from, it is there for :class:`~mnemeta.rl.environment.TaskEnvironment`).
+    def reset(
+        self,
+        goals: Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        shard: TaskShard | None = None,
+    ) -> Tensor:
+        """Start every trajectory of every task at the origin (deterministic: ``generator`` and
+        ``shard`` are not used, they are there for
+        :class:`~mnemeta.rl.environment.TaskEnvironment`).
 
         Args:
             goals: ``(tasks, 2)``, one goal per task (:func:`sample_goals`); the state takes its

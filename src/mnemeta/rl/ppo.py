@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from mnemeta.errors import ConfigError
+from mnemeta.rl.shard import TaskShard, total
 
 ADV_EPS = 1e-8  # added to the advantages' std before dividing, as rllab and PPO's baselines
 
@@ -57,22 +58,33 @@ def gae(
     return advantages, returns
 
 
-def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
-    """``Σ m x / Σ m`` over all axes: a scalar."""
-    return (x * mask).sum() / mask.sum()
+def masked_mean(x: Tensor, mask: Tensor, steps: Tensor | None = None) -> Tensor:
+    """``Σ m x / Σ m`` over all axes: a scalar. ``steps``: the denominator, when ``x`` is one
+    rank's part of a batch whose unmasked steps are counted over every rank (torchrun)."""
+    return (x * mask).sum() / (mask.sum() if steps is None else steps)
 
 
-def normalize(advantages: Tensor, mask: Tensor, eps: float = ADV_EPS) -> Tensor:
+def normalize(
+    advantages: Tensor, mask: Tensor, eps: float = ADV_EPS, *, shard: TaskShard | None = None
+) -> Tensor:
     """``(A - mean) / (std + eps)`` over every unmasked step of the batch (population std), 0
     where masked: PPO's usual per-batch normalisation, so that ``ppo_clip`` and the entropy
-    coefficient mean the same on every task family."""
-    mean = masked_mean(advantages, mask)
-    std = masked_mean((advantages - mean).square(), mask).sqrt()
+    coefficient mean the same on every task family. With a ``shard`` (torchrun) the moments
+    are the whole batch's, summed over the ranks."""
+    steps = total(mask.sum(), shard)
+    mean = total((advantages * mask).sum(), shard) / steps
+    std = (total(((advantages - mean).square() * mask).sum(), shard) / steps).sqrt()
     return (advantages - mean) / (std + eps) * mask
 
 
 def clipped_surrogate(
-    log_probs: Tensor, old_log_probs: Tensor, advantages: Tensor, mask: Tensor, *, clip: float
+    log_probs: Tensor,
+    old_log_probs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    clip: float,
+    steps: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """PPO's clipped loss ``-E[min(ρ A, clip(ρ, 1 - ε, 1 + ε) A)]``, ``ρ = π / π_old``, the mean
     over unmasked steps.
@@ -80,7 +92,7 @@ def clipped_surrogate(
     Returns ``(loss, clip_fraction, approx_kl)``: the scalar loss (differentiable through
     ``log_probs``), the fraction of steps whose ratio is outside ``[1 - ε, 1 + ε]``, and the
     estimate ``E[(ρ - 1) - log ρ]`` of ``KL(π_old ‖ π)`` (non-negative; Schulman's "k3"), both
-    detached.
+    detached. ``steps``: as for :func:`masked_mean` (each is then one rank's part).
     """
     if not clip > 0:
         raise ConfigError(f"ppo_clip must be > 0; got {clip}")
@@ -89,14 +101,17 @@ def clipped_surrogate(
     advantages = advantages.detach()
     unclipped = ratio * advantages
     clipped = ratio.clamp(1 - clip, 1 + clip) * advantages
-    loss = -masked_mean(torch.minimum(unclipped, clipped), mask)
+    loss = -masked_mean(torch.minimum(unclipped, clipped), mask, steps)
     with torch.no_grad():
         outside = ((ratio - 1).abs() > clip).to(mask.dtype)
-        clip_fraction = masked_mean(outside, mask)
-        approx_kl = masked_mean((ratio - 1) - log_ratio, mask)
+        clip_fraction = masked_mean(outside, mask, steps)
+        approx_kl = masked_mean((ratio - 1) - log_ratio, mask, steps)
     return loss, clip_fraction, approx_kl
 
 
-def value_loss(values: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
-    """``½ E[(V - R)²]`` over unmasked steps, ``targets`` held constant: a scalar."""
-    return 0.5 * masked_mean((values - targets.detach()).square(), mask)
+def value_loss(
+    values: Tensor, targets: Tensor, mask: Tensor, steps: Tensor | None = None
+) -> Tensor:
+    """``½ E[(V - R)²]`` over unmasked steps, ``targets`` held constant: a scalar (``steps``:
+    as for :func:`masked_mean`)."""
+    return 0.5 * masked_mean((values - targets.detach()).square(), mask, steps)

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from mnemeta.errors import ConfigError
+from mnemeta.rl.shard import TaskShard, total
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 HIDDEN = 64  # garage's RL² examples (GaussianGRUPolicy hidden_dim=64)
@@ -184,16 +185,19 @@ class RecurrentGaussianPolicy(nn.Module):
         return back(log_probs), back(normalized), back(values)
 
     @torch.no_grad()
-    def update_value_statistics(self, targets: Tensor, mask: Tensor) -> None:
+    def update_value_statistics(
+        self, targets: Tensor, mask: Tensor, *, shard: TaskShard | None = None
+    ) -> None:
         """PopArt: move ``(μ, σ)`` towards the moments of ``targets`` at unmasked steps, then
         rescale the value head so that ``μ + σ · v̂`` is unchanged for every input.
 
         β is ``max(0.1, 1 / (updates + 1))``: the first call takes the targets' own moments, the
-        later ones an exponential average. ``σ`` is floored at 1e-4.
+        later ones an exponential average. ``σ`` is floored at 1e-4. With a ``shard`` (torchrun)
+        the moments are the whole batch's, summed over the ranks, so every rank moves the same.
         """
-        n = mask.sum()
-        mean = (targets * mask).sum() / n
-        second = (targets.square() * mask).sum() / n
+        n = total(mask.sum(), shard)
+        mean = total((targets * mask).sum(), shard) / n
+        second = total((targets.square() * mask).sum(), shard) / n
         beta = max(VALUE_STATS_DECAY, 1.0 / (int(self.value_updates) + 1))
         old_mean, old_std = self.value_mean.clone(), self.value_std.clone()
         old_second = old_std.square() + old_mean.square()

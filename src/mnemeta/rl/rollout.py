@@ -16,6 +16,7 @@ from torch import Tensor
 from mnemeta.errors import ConfigError
 from mnemeta.rl.environment import TaskEnvironment
 from mnemeta.rl.policy import GaussianMLPPolicy, Params
+from mnemeta.rl.shard import TaskShard, normal
 
 DISCOUNT = 0.99  # γ of maml_rl's BatchMAMLPolopt and of learn2learn's maml_trpo example
 
@@ -110,6 +111,7 @@ def rollout(
     *,
     generator: torch.Generator | None = None,
     discount: float = DISCOUNT,
+    shard: TaskShard | None = None,
 ) -> Trajectories:
     """Run ``policy`` at the weights ``params`` in ``env`` for ``env.horizon`` steps, for
     ``env.envs_per_task`` trajectories of each task in ``tasks`` (``env.sample_tasks``; for
@@ -122,12 +124,16 @@ def rollout(
     takes. Actions are drawn with ``generator``, which must live on the tasks' device;
     the same generator state gives the same trajectories. Nothing is differentiable: the loss
     recomputes ``log π`` from ``obs`` and ``actions`` at whatever weights it needs.
+
+    ``shard``: ``tasks`` are this process's rows of a larger meta-batch (torchrun); the initial
+    states and the noise are drawn for the whole batch and these rows kept
+    (:mod:`mnemeta.rl.shard`), so each task's trajectories are those one process would run.
     """
-    obs = env.reset(tasks, generator=generator)
+    obs = env.reset(tasks, generator=generator, shard=shard)
     all_obs, all_actions, all_rewards, all_mask = [], [], [], []
     done = torch.zeros(obs.shape[:2], dtype=torch.bool, device=obs.device)
     for _ in range(env.horizon):
-        actions = _sample(policy, params, obs, generator)
+        actions = _sample(policy, params, obs, generator, shard)
         all_obs.append(obs)
         all_actions.append(actions)
         all_mask.append((~done).to(obs.dtype))
@@ -150,15 +156,18 @@ def _sample(
     params: Params | list[Params],
     obs: Tensor,
     generator: torch.Generator | None,
+    shard: TaskShard | None,
 ) -> Tensor:
     """Actions for ``obs`` ``(tasks, n, obs_size)``: ``μ + σ ⊙ ε``, ε drawn for the whole
-    batch at once, with one set of weights or one per task."""
+    batch at once (as :meth:`GaussianMLPPolicy.sample`), with one set of weights or one per
+    task."""
     if isinstance(params, dict):
-        return policy.sample(params, obs, generator=generator)
-    if len(params) != obs.shape[0]:
-        raise ConfigError(f"rollout got {len(params)} sets of weights for {obs.shape[0]} tasks")
-    dists = [policy.distribution(p, obs[i : i + 1]) for i, p in enumerate(params)]
-    mean = torch.cat([m for m, _ in dists])
-    log_std = torch.stack([s for _, s in dists]).unsqueeze(1)  # (tasks, 1, action_size)
-    eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        mean, log_std = policy.distribution(params, obs)
+    else:
+        if len(params) != obs.shape[0]:
+            raise ConfigError(f"rollout got {len(params)} sets of weights for {obs.shape[0]} tasks")
+        dists = [policy.distribution(p, obs[i : i + 1]) for i, p in enumerate(params)]
+        mean = torch.cat([m for m, _ in dists])
+        log_std = torch.stack([s for _, s in dists]).unsqueeze(1)  # (tasks, 1, action_size)
+    eps = normal(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype, shard=shard)
     return mean + torch.exp(log_std) * eps

@@ -25,6 +25,7 @@ from torch import Tensor
 from mnemeta.errors import ConfigError
 from mnemeta.rl.environment import TaskEnvironment
 from mnemeta.rl.recurrent_policy import RecurrentGaussianPolicy, rl2_input
+from mnemeta.rl.shard import TaskShard, normal
 
 
 @dataclass(frozen=True)
@@ -69,12 +70,13 @@ class Trials:
         return self.by_episode(self.rewards).sum(dim=-1)
 
 
-def _normal(like: Tensor, generator: torch.Generator | None) -> Tensor:
+def _normal(like: Tensor, generator: torch.Generator | None, shard: TaskShard | None) -> Tensor:
     """``ε ~ N(0, I)`` shaped as ``like``, drawn on the generator's device and moved to
     ``like``'s: a CPU generator (:func:`~mnemeta.algorithms.meta_rl.iteration_generator`) then
-    drives a policy on a GPU with the same draws as on the CPU."""
+    drives a policy on a GPU with the same draws as on the CPU. For a ``shard`` of a meta-batch,
+    drawn for the whole batch and its rows kept (:func:`mnemeta.rl.shard.normal`)."""
     device = generator.device if generator is not None else like.device
-    eps = torch.randn(like.shape, generator=generator, device=device, dtype=like.dtype)
+    eps = normal(like.shape, generator=generator, device=device, dtype=like.dtype, shard=shard)
     return eps.to(like.device)
 
 
@@ -87,6 +89,7 @@ def trial_rollout(
     episodes: int,
     generator: torch.Generator | None = None,
     record_hidden: bool = False,
+    shard: TaskShard | None = None,
 ) -> Trials:
     """Run ``env.envs_per_task`` trials of ``episodes`` episodes for each task of ``tasks``
     (``env.sample_tasks``), the hidden state zero at each trial's start and carried across its
@@ -96,6 +99,9 @@ def trial_rollout(
     ``ε`` from ``generator`` at every step (masked steps too, so the draws do not depend on when
     episodes end); the tasks' device is the environment's and the policy's. Nothing is
     differentiable: PPO re-evaluates ``inputs`` at its own weights.
+
+    ``shard``: ``tasks`` are this process's rows of a larger meta-batch (torchrun); every draw
+    is made for the whole batch and these rows kept, so the trials are those one process runs.
     """
     if episodes < 1:
         raise ConfigError(f"a trial needs episodes >= 1; got {episodes}")
@@ -112,7 +118,7 @@ def trial_rollout(
     h: Tensor | None = None
     prev_a = prev_r = prev_d = torch.zeros(0)
     for _ in range(episodes):
-        obs = env.reset(tasks, generator=generator)
+        obs = env.reset(tasks, generator=generator, shard=shard)
         lead = obs.shape[:2]
         if h is None:  # the start of the trial: a zero state and zero previous step
             h = policy.initial_state(*lead, like=obs)
@@ -124,7 +130,7 @@ def trial_rollout(
             active = ~done
             x = rl2_input(obs, prev_a, prev_r, prev_d)
             mean, log_std, h_new = policy.step(x, h)
-            eps = _normal(mean, generator)
+            eps = _normal(mean, generator, shard)
             action = mean + torch.exp(log_std) * eps
             all_inputs.append(x)
             all_obs.append(obs)

@@ -68,6 +68,7 @@ def trpo_step(
     cg_iters: int = 10,
     backtrack: float = 0.5,
     max_backtracks: int = 15,
+    sum_over_ranks: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Params, TrpoStep]:
     """One TRPO step from ``params``; returns the new parameters (detached) and a summary.
 
@@ -79,7 +80,13 @@ def trpo_step(
         max_kl: the trust region δ (MAML-RL: 0.01).
         damping: λ of ``F + λI``.
         backtrack: the line search's shrink factor; ``max_backtracks``: how often it shrinks.
+        sum_over_ranks: under torchrun, the all-reduce that sums a detached tensor over the
+            ranks (:class:`mnemeta.rl.shard.TaskShard`). ``loss_fn`` and ``kl_fn`` then return
+            this rank's *part* of the batch's loss and KL (which sum to them), and the gradient,
+            every Fisher-vector product and the line search's values are summed: each rank
+            takes the one-process step on the whole batch, and all stay equal.
     """
+    combine = sum_over_ranks if sum_over_ranks is not None else _alone
     names = list(params)
     theta = [params[n].detach() for n in names]
 
@@ -91,7 +98,7 @@ def trpo_step(
     start = [t.clone().requires_grad_(True) for t in theta]
     loss = loss_fn(as_params(start))
     grads = torch.autograd.grad(loss, start)
-    g = torch.cat([gr.reshape(-1) for gr in grads]).detach()
+    g = combine(torch.cat([gr.reshape(-1) for gr in grads]).detach())
 
     kl_start = [t.clone().requires_grad_(True) for t in theta]
     kl = kl_fn(as_params(kl_start))
@@ -100,12 +107,12 @@ def trpo_step(
 
     def fisher_vector(v: Tensor) -> Tensor:
         hv = torch.autograd.grad(flat_kl_grad @ v, kl_start, retain_graph=True)
-        return torch.cat([h.reshape(-1) for h in hv]).detach() + damping * v
+        return combine(torch.cat([h.reshape(-1) for h in hv]).detach()) + damping * v
 
     x = conjugate_gradient(fisher_vector, g, iters=cg_iters)
     quad = x @ fisher_vector(x)
     flat_theta = torch.cat([t.reshape(-1) for t in theta])
-    loss_before = float(loss.detach())
+    loss_before = float(combine(loss.detach()))
     if not bool(quad > 0) or not bool(torch.isfinite(quad)):
         return as_params(flat_theta.clone()), TrpoStep(loss_before, loss_before, 0.0, 0.0, 0)
     full = torch.sqrt(2 * max_kl / quad) * x
@@ -113,11 +120,16 @@ def trpo_step(
         fraction = 1.0
         for tries in range(max_backtracks):
             candidate = as_params(flat_theta - fraction * full)
-            new_loss = float(loss_fn(candidate))
-            new_kl = float(kl_fn(candidate))
+            new_loss = float(combine(loss_fn(candidate)))
+            new_kl = float(combine(kl_fn(candidate)))
             if new_loss < loss_before and new_kl <= max_kl:
                 return candidate, TrpoStep(loss_before, new_loss, new_kl, fraction, tries)
             fraction *= backtrack
     return as_params(flat_theta.clone()), TrpoStep(
         loss_before, loss_before, 0.0, 0.0, max_backtracks
     )
+
+
+def _alone(value: Tensor) -> Tensor:
+    """One process: the sum over the ranks is the value itself."""
+    return value
