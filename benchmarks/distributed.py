@@ -12,7 +12,11 @@ The machine is shared, so the arms alternate (which goes first flips every repea
 repeat is reported; a lead that does not hold in every repeat is "on par".
 
 Workloads: MAML (second order, Conv-4, 5-way 1-shot 15-query, meta-batch 8) and the MANN
-(5-class episodes of 10, meta-batch 16) on the embedded glyphs, so that no download is needed.
+(5-class episodes of 10, meta-batch 16) on the embedded glyphs, so that no download is needed;
+and the meta-RL learners on 2D navigation at their presets' sizes (MAML-RL with TRPO and RL²,
+20 tasks x 20 trajectories of 100 steps). The meta-RL recipe runs one torch thread per process
+whatever ``OMP_NUM_THREADS`` says (``rl_train.one_thread``: threads only slow its tiny
+operations), so for those workloads the one-process arm computes on one core.
 On N GPUs the same comparison is ``torchrun --nproc_per_node N`` against one GPU (see
 benchmarks/README.md); this script measures the CPU only.
 """
@@ -41,6 +45,8 @@ WORKLOADS: dict[str, tuple[str, list[str]]] = {
         "mann_omniglot_5class",
         ["data.dataset=glyphs", "train.split=train", "data.image_size=20"],
     ),
+    "maml_rl_navigation_mb20": ("maml_rl_navigation2d", ["model.eval_steps=1"]),
+    "rl2_navigation_mb20": ("rl2_navigation2d", []),
 }
 ARMS = ("2 ranks x 1 thread", "1 rank x 2 threads")
 

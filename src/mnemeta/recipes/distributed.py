@@ -26,6 +26,12 @@ the weighted running batch-norm statistics, the weighted metrics (so every rank 
 meta-batch's loss, not its own), and the ranks' votes to stop (a signal, ``train.max_minutes``),
 so that every rank stops after the same step.
 
+Meta-RL (``maml_rl``, ``rl2``) needs more than one averaged gradient per step (TRPO's
+Fisher-vector products and line search, PPO's mini-batches and statistics), so its learners take
+a :class:`mnemeta.rl.shard.TaskShard` (this rank's tasks and :meth:`Ranks.sum`) and sum their
+parts of every batch mean themselves; each rank rolls out its tasks with the whole batch's
+random draws, so the tasks run as in one process.
+
 What is not exact. Learners whose batch norm normalises the episodes of a meta-batch together
 (ProtoNet, Matching, the meta-memory network and Baseline++ on Conv-4 keep running statistics and
 embed a meta-batch as one batch) normalise each rank's share together instead: the run is valid
