@@ -573,35 +573,21 @@ class MAMLRL(nn.Module):
         shard: TaskShard | None = None,
     ) -> dict[str, float]:
         c = self.config
+        common: dict[str, Any] = dict(
+            seed=seed,
+            iteration=iteration,
+            meta_batch=meta_batch,
+            lr=c.inner_lr,
+            first_order=c.first_order,
+            discount=self.discount,
+            shard=shard,
+        )
         if self.optimizer is not None:
             m = ppo_meta_step(
-                self.policy,
-                self.optimizer,
-                env,
-                seed=seed,
-                iteration=iteration,
-                meta_batch=meta_batch,
-                lr=c.inner_lr,
-                clip=c.ppo_clip,
-                epochs=c.ppo_epochs,
-                first_order=c.first_order,
-                discount=self.discount,
-                shard=shard,
+                self.policy, self.optimizer, env, clip=c.ppo_clip, epochs=c.ppo_epochs, **common
             )
         else:
-            new, m = meta_step(
-                self.policy,
-                self.policy.params(),
-                env,
-                seed=seed,
-                iteration=iteration,
-                meta_batch=meta_batch,
-                lr=c.inner_lr,
-                max_kl=c.max_kl,
-                first_order=c.first_order,
-                discount=self.discount,
-                shard=shard,
-            )
+            new, m = meta_step(self.policy, self.policy.params(), env, max_kl=c.max_kl, **common)
             with torch.no_grad():
                 for name, weight in self.policy.named_parameters():
                     weight.copy_(new[name])

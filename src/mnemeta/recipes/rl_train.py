@@ -38,7 +38,13 @@ from mnemeta.errors import ConfigError
 from mnemeta.io import atomic_write_text
 from mnemeta.recipes.build import Learner, build_learner, device_name, learner_spec
 from mnemeta.recipes.clock import TrainingClock
-from mnemeta.recipes.distributed import Ranks, environment_ranks, process_group, run_folder
+from mnemeta.recipes.distributed import (
+    SINGLE,
+    Ranks,
+    environment_ranks,
+    process_group,
+    run_folder,
+)
 from mnemeta.recipes.interrupt import StopRequests
 from mnemeta.recipes.logging import MetricsLog, log_period
 from mnemeta.recipes.resume import check_resumable, resumed_clock
@@ -280,7 +286,7 @@ def _rl_train(
 
 
 def evaluate_rl(
-    learner: Learner, env: TaskEnvironment, config: Config, ranks: Ranks | None = None
+    learner: Learner, env: TaskEnvironment, config: Config, ranks: Ranks = SINGLE
 ) -> dict[str, Any]:
     """The held-out test: ``eval.episodes`` tasks drawn with ``eval.seed`` (a seed training
     never uses: its generators are seeded by ``seed * 1_000_003 + iteration``) — from the
@@ -298,11 +304,10 @@ def evaluate_rl(
         ec.episodes, generator=torch.Generator().manual_seed(ec.seed), dtype=dtype
     )
     generator = torch.Generator().manual_seed(ec.seed + 1)
-    shard = _shard(ranks, ec.episodes) if ranks is not None else None
+    shard = _shard(ranks, ec.episodes)
     if shard is None:
         columns = learner.evaluate(env, tasks, generator=generator)
     else:
-        assert ranks is not None
         own = learner.evaluate(env, shard.part(tasks), generator=generator, shard=shard)
         columns = {k: ranks.assemble(v, ec.episodes, shard.lo) for k, v in own.items()}
     stages: dict[str, dict[str, float]] = {}
